@@ -1,0 +1,24 @@
+"""Protocol lab: network-namespace hosts joined by veth cables, with shaping and an
+impairment relay, so every network test runs on real sockets without touching the host's
+own interfaces."""
+
+from aoe.lab.cable import Cable, CableEnd, parse_rate
+from aoe.lab.core import DEFAULT_PREFIX, Lab, cleanup_all, created_namespaces, namespace_exists
+from aoe.lab.host import Host, RemoteError
+from aoe.lab.nsutil import LabError, list_netns, thread_netns
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "Cable",
+    "CableEnd",
+    "Host",
+    "Lab",
+    "LabError",
+    "RemoteError",
+    "cleanup_all",
+    "created_namespaces",
+    "list_netns",
+    "namespace_exists",
+    "parse_rate",
+    "thread_netns",
+]

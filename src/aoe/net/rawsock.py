@@ -1,0 +1,88 @@
+"""AF_PACKET sockets bound to one interface and the AoE EtherType.
+
+The socket ignores its own outgoing frames (otherwise a responder would answer itself),
+and exposes plain send/recv plus the interface's MAC and MTU, which every user needs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+
+from ..protocol.constants import ETHERTYPE_AOE
+
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23
+PACKET_OUTGOING = 4
+SIOCGIFMTU = 0x8921
+SIOCGIFHWADDR = 0x8927
+
+
+class InterfaceError(OSError):
+    """The interface is missing, down or cannot be used for AoE."""
+
+
+def _ifreq(sock: socket.socket, ifname: str, request: int) -> bytes:
+    req = struct.pack("16s16x", ifname.encode())
+    try:
+        return fcntl.ioctl(sock.fileno(), request, req)
+    except OSError as exc:
+        raise InterfaceError(exc.errno, f"interface {ifname!r}: {exc.strerror}") from None
+
+
+class RawSocket:
+    """A raw socket on ``ifname`` receiving only AoE frames (EtherType 0x88A2)."""
+
+    def __init__(self, ifname: str, ethertype: int = ETHERTYPE_AOE, rcvbuf: int = 8 << 20) -> None:
+        self.ifname = ifname
+        self.ethertype = ethertype
+        try:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+        except PermissionError:
+            raise InterfaceError(1, "raw sockets need root (CAP_NET_RAW)") from None
+        self.sock = sock
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            for opt, size in ((socket.SO_RCVBUF, rcvbuf), (socket.SO_SNDBUF, rcvbuf)):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
+                    sock.setsockopt(socket.SOL_SOCKET, opt + 32, size)  # *BUFFORCE as root
+                except OSError:
+                    pass
+            try:
+                sock.bind((ifname, ethertype))
+            except OSError as exc:
+                raise InterfaceError(exc.errno or 19, f"interface {ifname!r}: {exc}") from None
+            self.mac = _ifreq(sock, ifname, SIOCGIFHWADDR)[18:24]
+            self.mtu = struct.unpack_from("i", _ifreq(sock, ifname, SIOCGIFMTU), 16)[0]
+        except BaseException:
+            sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, frame: bytes | bytearray | memoryview) -> int:
+        return self.sock.send(frame)
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
+        return self.sock.recv_into(buf)
+
+    def recv(self, size: int = 65536) -> bytes:
+        return self.sock.recv(size)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
