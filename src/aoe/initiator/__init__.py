@@ -1,1 +1,45 @@
+"""AoE initiator: discover targets and use them as thread-safe block devices.
 
+    from aoe.initiator import AoeDisk
+    with AoeDisk.open(1, 2, ifaces=["eth0"]) as disk:
+        head = disk.read(0, 4096)
+"""
+
+from .discovery import PathInfo, TargetInfo, discover
+from .disk import AoeDisk
+from .errors import (
+    AtaCommandError,
+    DiskClosedError,
+    InitiatorError,
+    InterfaceUnusableError,
+    MtuMismatchError,
+    NoTargetError,
+    NotRootError,
+    TargetDeadError,
+    TargetError,
+    TargetReadOnlyError,
+    TargetReservedError,
+)
+from .ports import default_interfaces
+from .session import Session, SessionStats
+
+__all__ = [
+    "AoeDisk",
+    "AtaCommandError",
+    "DiskClosedError",
+    "InitiatorError",
+    "InterfaceUnusableError",
+    "MtuMismatchError",
+    "NoTargetError",
+    "NotRootError",
+    "PathInfo",
+    "Session",
+    "SessionStats",
+    "TargetDeadError",
+    "TargetError",
+    "TargetInfo",
+    "TargetReadOnlyError",
+    "TargetReservedError",
+    "default_interfaces",
+    "discover",
+]

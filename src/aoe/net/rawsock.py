@@ -54,7 +54,9 @@ class RawSocket:
                 sock.bind((ifname, ethertype))
             except OSError as exc:
                 raise InterfaceError(exc.errno or 19, f"interface {ifname!r}: {exc}") from None
-            self.mac = _ifreq(sock, ifname, SIOCGIFHWADDR)[18:24]
+            hwaddr = _ifreq(sock, ifname, SIOCGIFHWADDR)
+            self.mac = hwaddr[18:24]
+            self.hwtype = struct.unpack_from("H", hwaddr, 16)[0]  # ARPHRD_*: 1 is Ethernet
             self.mtu = struct.unpack_from("i", _ifreq(sock, ifname, SIOCGIFMTU), 16)[0]
         except BaseException:
             sock.close()

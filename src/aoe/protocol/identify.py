@@ -32,6 +32,7 @@ W_CMDSET_ENABLED_1, W_CMDSET_ENABLED_2, W_CMDSET_DEFAULT = 85, 86, 87
 W_LBA48_CAPACITY = 100
 W_INTEGRITY = 255
 
+CMDSET1_SMART = 1 << 0  # words 82/85: the SMART feature set is supported / enabled
 CAP_LBA = 1 << 9
 CAP_DMA = 1 << 8
 CMDSET2_VALID = 1 << 14  # words 83/84/87: bit 14 set, bit 15 clear means "this word is valid"
@@ -52,6 +53,7 @@ class IdentifyInfo:
     lba48: bool = True
     flush_cache: bool = True
     flush_cache_ext: bool = True
+    smart: bool = False
 
 
 def _ata_string(text: str, words: int) -> list[int]:
@@ -91,6 +93,8 @@ def build_identify(info: IdentifyInfo) -> bytes:
     if info.flush_cache_ext:
         cmdset |= CMDSET2_FLUSH_CACHE_EXT
     w[W_CMDSET_SUPPORTED_2] = cmdset
+    if info.smart:
+        w[W_CMDSET_SUPPORTED_1] = w[W_CMDSET_ENABLED_1] = CMDSET1_SMART
     w[W_CMDSET_ENABLED_2] = cmdset & ~CMDSET2_VALID
     w[W_CMDSET_SUPPORTED_3] = w[W_CMDSET_DEFAULT] = CMDSET2_VALID
     if info.lba48:
@@ -123,4 +127,6 @@ def parse_identify(page: bytes | bytearray | memoryview) -> IdentifyInfo:
         lba48=lba48,
         flush_cache=valid2 and bool(w[W_CMDSET_SUPPORTED_2] & CMDSET2_FLUSH_CACHE),
         flush_cache_ext=valid2 and bool(w[W_CMDSET_SUPPORTED_2] & CMDSET2_FLUSH_CACHE_EXT),
+        smart=w[W_CMDSET_SUPPORTED_1] not in (0, 0xFFFF)
+        and bool(w[W_CMDSET_SUPPORTED_1] & CMDSET1_SMART),
     )

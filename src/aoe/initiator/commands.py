@@ -1,0 +1,335 @@
+"""`aoe discover`, `aoe info`, `aoe copy`: thin click wrappers over the initiator library.
+
+Every failure the user can act on arrives as an InitiatorError (or a bad argument) and is
+printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO, TypeVar, cast
+
+import click
+
+from ..net.link import LinkError
+from ..protocol import parse_address
+from .copy import CopyResult, VerifyError, copy_from_disk, copy_to_disk
+from .discovery import TargetInfo
+from .discovery import discover as discover_targets
+from .disk import AoeDisk
+from .errors import InitiatorError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class SizeType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A byte count: 4096, 64k, 32M, 1GiB (binary units)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = _SIZE_RE.match(str(value))
+        if not m:
+            self.fail(f"{value!r} is not a size (examples: 4096, 64k, 32M, 1GiB)", param, ctx)
+        return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+class AddressType(click.ParamType):  # type: ignore[type-arg]
+    """SHELF.SLOT."""
+
+    name = "shelf.slot"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_address(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _iface_options(fn: F) -> F:
+    fn = click.option(
+        "-i",
+        "--iface",
+        "ifaces",
+        multiple=True,
+        metavar="IFACE",
+        help="Interface to use (repeatable). Default: every Ethernet interface that is up.",
+    )(fn)
+    fn = click.option(
+        "--timeout",
+        type=click.FloatRange(0.01, 60),
+        default=1.0,
+        show_default=True,
+        help="Seconds to wait for Query Config answers.",
+    )(fn)
+    return fn
+
+
+def _session_options(fn: F) -> F:
+    fn = click.option(
+        "--dead-time",
+        type=click.FloatRange(0.1, 3600),
+        default=10.0,
+        show_default=True,
+        help="Seconds without any answer before the target is declared dead.",
+    )(fn)
+    return fn
+
+
+@contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Turn the errors a user can act on into one-line messages (exit status 1)."""
+    try:
+        yield
+    except (InitiatorError, LinkError, VerifyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+
+
+# --- discover -------------------------------------------------------------------------
+def _paths_text(info: TargetInfo) -> str:
+    return ", ".join(f"{p.ifname}>{p.target_mac}" for p in info.paths)
+
+
+def _table(targets: list[TargetInfo]) -> str:
+    head = ("TARGET", "SIZE", "MODEL", "SERIAL", "FIRMWARE", "BUFS", "MAXSECT", "AOE",
+            "CONFIG", "PATHS (iface>target mac)")
+    rows = [head]
+    for t in targets:
+        size = human_size(t.size) if t.size is not None else f"? ({t.identify_error})"
+        rows.append((
+            t.address,
+            size,
+            t.model or "-",
+            t.serial or "-",
+            f"{t.firmware or '-'} (0x{t.firmware_version:04x})",
+            str(t.buffer_count),
+            str(t.max_sectors),
+            str(t.aoe_version),
+            repr(t.config.decode("utf-8", "replace")),
+            _paths_text(t),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+             for r in rows]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("target", type=AddressType(), required=False)
+@_iface_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of targets).")
+def discover(
+    target: tuple[int, int] | None, ifaces: tuple[str, ...], timeout: float, as_json: bool
+) -> None:
+    """Find AoE targets (all, or only TARGET as SHELF.SLOT) and IDENTIFY each one."""
+    with _friendly_errors():
+        found = discover_targets(ifaces or None, target, timeout)
+    if as_json:
+        click.echo(json.dumps([t.as_dict() for t in found], indent=2))
+        return
+    if not found:
+        which = f"target {target[0]}.{target[1]}" if target else "AoE target"
+        raise click.ClickException(
+            f"no {which} answered within {timeout:g} s (if one runs, its access list may "
+            "exclude this host)"
+        )
+    click.echo(_table(found))
+
+
+# --- info ---------------------------------------------------------------------------------
+def _disk_details(disk: AoeDisk) -> dict[str, Any]:
+    """What discovery learnt, plus the session's view of each path (window, RTT, RTO)."""
+    out = disk.info.as_dict()
+    out["lba48_in_use"] = disk.lba48
+    live = disk.session.path_states()
+    out["paths"] = [dict(found, **now) for found, now in zip(out["paths"], live, strict=True)]
+    return out
+
+
+@click.command()
+@click.argument("target", type=AddressType())
+@_iface_options
+@_session_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(
+    target: tuple[int, int],
+    ifaces: tuple[str, ...],
+    timeout: float,
+    dead_time: float,
+    as_json: bool,
+) -> None:
+    """Show what an AoE target (SHELF.SLOT) reports and how it is reached."""
+    with _friendly_errors():
+        with AoeDisk.open(*target, ifaces or None, timeout=timeout,
+                          dead_timeout=dead_time) as disk:
+            details = _disk_details(disk)
+    if as_json:
+        click.echo(json.dumps(details, indent=2))
+        return
+    lines = [
+        f"target:        {details['address']}",
+        f"size:          {details['size']} bytes ({human_size(details['size'])}), "
+        f"{details['sectors']} sectors",
+        f"model:         {details['model']}",
+        f"serial:        {details['serial']}",
+        f"firmware:      {details['firmware']} (AoE firmware 0x{details['firmware_version']:04x})",
+        f"aoe version:   {details['aoe_version']}",
+        f"config:        {details['config']!r}",
+        f"buffer count:  {details['buffer_count']}",
+        f"max sectors:   {details['max_sectors']} per command",
+        f"lba48:         {'yes' if details['lba48'] else 'no'}"
+        f" ({'in use' if details['lba48_in_use'] else 'not used'})",
+        f"flush:         {_flush_text(details)}",
+    ]
+    for p in details["paths"]:
+        lines.append(
+            f"path:          {p['ifname']} ({p['local_mac']}, MTU {p['mtu']}) -> "
+            f"{p['target_mac']}: {p['frame_sectors']} sectors/frame, "
+            f"{p['buffer_count']} buffers, rtt {p['rtt'] * 1e3:.3f} ms"
+        )
+    click.echo("\n".join(lines))
+
+
+def _flush_text(details: dict[str, Any]) -> str:
+    kinds = [name for key, name in (("flush_cache_ext", "FLUSH CACHE EXT"),
+                                    ("flush_cache", "FLUSH CACHE")) if details[key]]
+    return ", ".join(kinds) or "not supported (no write cache)"
+
+
+# --- copy -------------------------------------------------------------------------------------
+class _ProgressBar:
+    """One status line on stderr: done/total, percent, rate, ETA; at most 10 updates/s."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        elapsed = max(now - self.t0, 1e-6)
+        rate = done / elapsed
+        pct = 100.0 * done / total if total else 100.0
+        eta = (total - done) / rate if rate > 0 else 0.0
+        width = 30
+        fill = int(width * pct / 100)
+        sys.stderr.write(
+            f"\r[{'#' * fill}{'.' * (width - fill)}] {pct:5.1f}%  {human_size(done)} / "
+            f"{human_size(total)}  {rate / 1e6:7.1f} MB/s  ETA {int(eta) // 60}:"
+            f"{int(eta) % 60:02d} "
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _as_address(text: str) -> tuple[int, int] | None:
+    try:
+        return parse_address(text)
+    except ValueError:
+        return None
+
+
+def _summary(result: CopyResult) -> str:
+    parts = [
+        f"copied {human_size(result.nbytes)} in {result.seconds:.2f} s "
+        f"({result.rate / 1e6:.1f} MB/s)"
+    ]
+    if result.holes:
+        parts.append(f"{human_size(result.holes)} left as holes")
+    if result.verified:
+        parts.append(f"verified (SHA-256 {result.sha256})")
+    return ", ".join(parts)
+
+
+@click.command()
+@click.argument("source")
+@click.argument("dest")
+@_iface_options
+@_session_options
+@click.option("--offset", type=SizeType(), default=0, help="Byte offset on the disk.")
+@click.option("--length", type=SizeType(), default=None,
+              help="Bytes to copy. Default: to the end of the disk (or of the input file).")
+@click.option("--verify", is_flag=True, help="Re-read the destination and compare SHA-256.")
+@click.option("--sparse/--no-sparse", default=True, show_default=True,
+              help="Leave holes in the output file where the disk reads zeros.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr. Default: only when stderr is a terminal.")
+def copy(
+    source: str,
+    dest: str,
+    ifaces: tuple[str, ...],
+    timeout: float,
+    dead_time: float,
+    offset: int,
+    length: int | None,
+    verify: bool,
+    sparse: bool,
+    progress: bool | None,
+) -> None:
+    """Copy an AoE disk to a file (aoe copy SHELF.SLOT FILE) or a file onto one
+    (aoe copy FILE SHELF.SLOT). FILE may be - for stdout/stdin; write ./1.2 for a file
+    whose name looks like an address."""
+    src_addr, dst_addr = _as_address(source), _as_address(dest)
+    if (src_addr is None) == (dst_addr is None):
+        raise click.UsageError("exactly one of SOURCE and DEST must be a SHELF.SLOT address")
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _ProgressBar() if show else None
+    address = src_addr or dst_addr
+    assert address is not None
+    with _friendly_errors():
+        with AoeDisk.open(*address, ifaces or None, timeout=timeout,
+                          dead_timeout=dead_time) as disk:
+            try:
+                if src_addr is not None:
+                    with _open_file(dest, "w+b") as out:
+                        result = copy_from_disk(disk, out, offset, length, sparse=sparse,
+                                                verify=verify, progress=bar)
+                else:
+                    with _open_file(source, "rb") as src:
+                        result = copy_to_disk(disk, src, offset, length, verify=verify,
+                                              progress=bar)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
+            finally:
+                if bar is not None:
+                    bar.finish()
+    click.echo(_summary(result), err=True)
+
+
+@contextmanager
+def _open_file(name: str, mode: str) -> Iterator[BinaryIO]:
+    if name == "-":
+        yield sys.stdout.buffer if "w" in mode else sys.stdin.buffer
+        return
+    with open(name, mode) as f:
+        yield cast(BinaryIO, f)

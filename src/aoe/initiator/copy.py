@@ -1,0 +1,253 @@
+"""Copy between an AoE disk and a file, with a pipeline that keeps the window full.
+
+Several chunk reads (or writes) are in flight at once on worker threads, so the session
+always has the next chunk's frames queued while the current one finishes and while this
+thread writes to (or reads from) the file. Output to a regular file is sparse: blocks
+the disk reads as zeros become holes. ``verify`` re-reads the destination and compares its
+SHA-256 with the one taken of the source data on the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+CHUNK = 4 << 20
+DEPTH = 3  # chunks in flight
+HOLE_BLOCK = 64 << 10
+_ZERO_BLOCK = bytes(HOLE_BLOCK)
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class BlockDevice(Protocol):
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class VerifyError(Exception):
+    """The destination does not hold what was copied."""
+
+
+@dataclass
+class CopyResult:
+    nbytes: int
+    seconds: float
+    holes: int  # bytes left as holes in the output file
+    sha256: str | None  # of the data copied, when verify was asked
+    verified: bool
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second."""
+        return self.nbytes / self.seconds if self.seconds > 0 else 0.0
+
+
+def _is_regular(f: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, io.UnsupportedOperation):
+        return False
+
+
+def _check_range(size: int, offset: int, length: int | None) -> int:
+    if offset < 0 or offset > size:
+        raise ValueError(f"offset {offset} is outside the disk ({size} bytes)")
+    if length is None:
+        return size - offset
+    if length < 0 or offset + length > size:
+        raise ValueError(f"range {offset}+{length} goes past the end of the disk ({size} bytes)")
+    return length
+
+
+def _write_sparse(out: BinaryIO, data: bytes) -> int:
+    """Write ``data`` at the current position, seeking over all-zero blocks.
+
+    Returns how many bytes became holes.
+    """
+    holes = 0
+    start = 0
+    n = len(data)
+    while start < n:
+        end = min(n, start + HOLE_BLOCK)
+        block = data[start:end]
+        if block == _ZERO_BLOCK[: end - start]:
+            out.seek(end - start, os.SEEK_CUR)
+            holes += end - start
+        else:
+            out.write(block)
+        start = end
+    return holes
+
+
+def copy_from_disk(
+    disk: BlockDevice,
+    out: BinaryIO,
+    offset: int = 0,
+    length: int | None = None,
+    *,
+    sparse: bool = True,
+    verify: bool = False,
+    progress: Progress | None = None,
+    chunk: int = CHUNK,
+) -> CopyResult:
+    """Copy ``length`` bytes of the disk from ``offset`` to ``out`` (from its current
+    position, which should be 0 of a fresh file for sparse output to be exact)."""
+    total = _check_range(disk.size, offset, length)
+    sparse = sparse and _is_regular(out)
+    digest = hashlib.sha256() if verify else None
+    holes = 0
+    start_pos = out.tell() if _is_regular(out) else 0
+    t0 = time.perf_counter()
+    done = 0
+    for data in _disk_chunks(disk, offset, total, chunk):
+        if digest is not None:
+            digest.update(data)
+        if sparse:
+            holes += _write_sparse(out, data)
+        else:
+            out.write(data)
+        done += len(data)
+        if progress is not None:
+            progress(done, total)
+    if sparse:
+        out.truncate(start_pos + total)  # a trailing hole still needs its length
+    out.flush()
+    seconds = time.perf_counter() - t0
+    sha = digest.hexdigest() if digest is not None else None
+    if verify and sha is not None:
+        _verify_file(out, start_pos, total, sha, chunk)
+    return CopyResult(total, seconds, holes, sha, verify)
+
+
+def _verify_file(out: BinaryIO, start: int, total: int, expected: str, chunk: int) -> None:
+    if not _is_regular(out):
+        raise VerifyError("cannot verify: the output is not a regular file")
+    fd = out.fileno()
+    os.fsync(fd)
+    digest = hashlib.sha256()
+    pos, end = start, start + total
+    while pos < end:
+        try:
+            data = os.pread(fd, min(chunk, end - pos), pos)
+        except OSError as exc:
+            raise VerifyError(f"cannot re-read the output to verify it: {exc.strerror} "
+                              "(open it for reading and writing)") from None
+        if not data:
+            break
+        digest.update(data)
+        pos += len(data)
+    if digest.hexdigest() != expected:
+        raise VerifyError(
+            f"verify failed: the output file's SHA-256 {digest.hexdigest()} differs from "
+            f"the data read from the disk ({expected})"
+        )
+
+
+def _read_full(src: BinaryIO, n: int) -> bytes:
+    parts = []
+    left = n
+    while left:
+        data = src.read(left)
+        if not data:
+            break
+        parts.append(data)
+        left -= len(data)
+    return b"".join(parts)
+
+
+def copy_to_disk(
+    disk: BlockDevice,
+    src: BinaryIO,
+    offset: int = 0,
+    length: int | None = None,
+    *,
+    verify: bool = False,
+    progress: Progress | None = None,
+    chunk: int = CHUNK,
+) -> CopyResult:
+    """Copy ``src`` (``length`` bytes, default: to its end) onto the disk at ``offset``,
+    then flush. Raises ValueError if it would not fit."""
+    if length is None and _is_regular(src):
+        length = os.fstat(src.fileno()).st_size - src.tell()
+    room = _check_range(disk.size, offset, None)
+    if length is not None and length > room:
+        raise ValueError(
+            f"{length} bytes do not fit the disk at offset {offset} ({room} bytes left)"
+        )
+    limit = room if length is None else length
+    digest = hashlib.sha256() if verify else None
+    t0 = time.perf_counter()
+    done = 0
+    with ThreadPoolExecutor(DEPTH, thread_name_prefix="aoe-copy") as pool:
+        queue: deque[tuple[Future[None], int]] = deque()
+        pos = offset
+        while True:
+            want = min(chunk, limit - (pos - offset))
+            data = _read_full(src, want) if want > 0 else b""
+            if not data:
+                break
+            if digest is not None:
+                digest.update(data)
+            queue.append((pool.submit(disk.write, pos, data), len(data)))
+            pos += len(data)
+            while len(queue) >= DEPTH or (queue and queue[0][0].done()):
+                fut, n = queue.popleft()
+                fut.result()
+                done += n
+                if progress is not None:
+                    progress(done, length if length is not None else done)
+            if length is None and want > 0 and len(data) < want:
+                break
+        while queue:
+            fut, n = queue.popleft()
+            fut.result()
+            done += n
+            if progress is not None:
+                progress(done, length if length is not None else done)
+        if length is None and _read_full(src, 1):
+            raise ValueError(f"the input is larger than the room on the disk ({room} bytes)")
+    disk.flush()
+    seconds = time.perf_counter() - t0
+    sha = digest.hexdigest() if digest is not None else None
+    if verify and sha is not None:
+        _verify_disk(disk, offset, done, sha, chunk)
+    return CopyResult(done, seconds, 0, sha, verify)
+
+
+def _verify_disk(disk: BlockDevice, offset: int, total: int, expected: str, chunk: int) -> None:
+    digest = hashlib.sha256()
+    for data in _disk_chunks(disk, offset, total, chunk):
+        digest.update(data)
+    if digest.hexdigest() != expected:
+        raise VerifyError(
+            f"verify failed: the disk now reads SHA-256 {digest.hexdigest()}, "
+            f"the source data had {expected}"
+        )
+
+
+def _disk_chunks(disk: BlockDevice, offset: int, total: int, chunk: int) -> Iterator[bytes]:
+    """The disk's bytes in order, ``chunk`` at a time, with DEPTH reads in flight."""
+    with ThreadPoolExecutor(DEPTH, thread_name_prefix="aoe-read") as pool:
+        queue: deque[Future[bytes]] = deque()
+        pos = offset
+        end = offset + total
+        while pos < end or queue:
+            while pos < end and len(queue) < DEPTH:
+                n = min(chunk, end - pos)
+                queue.append(pool.submit(disk.read, pos, n))
+                pos += n
+            yield queue.popleft().result()

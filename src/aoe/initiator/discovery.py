@@ -1,0 +1,284 @@
+"""Find targets: Query Config on each interface, collect answers, then IDENTIFY each one.
+
+One target (shelf.slot) may answer from several MACs and on several local interfaces;
+every (interface, target MAC) pair it answered on becomes a *path* the session can use.
+This is a plain blocking loop over select(): discovery happens once, speed is not the goal.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..net.rawsock import RawSocket
+from ..protocol import (
+    AOE_VERSION,
+    BROADCAST_MAC,
+    BROADCAST_SHELF,
+    BROADCAST_SLOT,
+    SECTOR_SIZE,
+    AtaBody,
+    AtaOpcode,
+    Command,
+    ConfigBody,
+    ConfigCommand,
+    DecodeError,
+    Frame,
+    decode,
+    encode,
+    format_mac,
+    max_sectors_for_mtu,
+    parse_identify,
+)
+from .errors import MtuMismatchError
+from .ports import check_root, open_ports, resolve_interfaces
+
+RECV_SIZE = 65536
+
+
+@dataclass
+class PathInfo:
+    """One way to reach a target: a local interface and one of the target's MACs."""
+
+    ifname: str
+    local_mac: str
+    target_mac: str
+    mtu: int  # of the local interface
+    buffer_count: int  # what this target MAC announced
+    max_sectors: int  # sectors per ATA command this target MAC announced
+    rtt: float  # of the Query Config exchange, seconds
+
+    @property
+    def frame_sectors(self) -> int:
+        """Sectors per frame on this path: the smaller of target's and local MTU's limit."""
+        return max(0, min(self.max_sectors, max_sectors_for_mtu(self.mtu), 255))
+
+
+@dataclass
+class TargetInfo:
+    """What discovery learnt about one shelf.slot."""
+
+    shelf: int
+    slot: int
+    paths: list[PathInfo] = field(default_factory=list)
+    buffer_count: int = 0
+    firmware_version: int = 0
+    max_sectors: int = 0
+    aoe_version: int = AOE_VERSION
+    config: bytes = b""
+    sectors: int | None = None  # None until IDENTIFY answered
+    model: str = ""
+    serial: str = ""
+    firmware: str = ""
+    lba48: bool = False
+    flush_cache: bool = False
+    flush_cache_ext: bool = False
+    identify_error: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.shelf}.{self.slot}"
+
+    @property
+    def size(self) -> int | None:
+        return None if self.sectors is None else self.sectors * SECTOR_SIZE
+
+    @property
+    def ifnames(self) -> list[str]:
+        return list(dict.fromkeys(p.ifname for p in self.paths))
+
+    @property
+    def target_macs(self) -> list[str]:
+        return list(dict.fromkeys(p.target_mac for p in self.paths))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (config string decoded leniently)."""
+        out = asdict(self)
+        out["address"] = self.address
+        out["size"] = self.size
+        out["config"] = self.config.decode("utf-8", "replace")
+        for path, as_dict in zip(self.paths, out["paths"], strict=True):
+            as_dict["frame_sectors"] = path.frame_sectors
+        out["interfaces"] = self.ifnames
+        out["target_macs"] = self.target_macs
+        return out
+
+
+def _query_frame(port: RawSocket, shelf: int, slot: int, tag: int) -> bytes:
+    body = ConfigBody(ccmd=ConfigCommand.READ)
+    frame = Frame(BROADCAST_MAC, port.mac, shelf, slot, Command.QUERY_CONFIG, tag, body)
+    return encode(frame, pad=True)
+
+
+def identify_frame(dst: bytes, src: bytes, shelf: int, slot: int, tag: int) -> bytes:
+    body = AtaBody(sector_count=1, cmd_status=AtaOpcode.IDENTIFY_DEVICE)
+    return encode(Frame(dst, src, shelf, slot, Command.ATA, tag, body), pad=True)
+
+
+def _receive(
+    ports: Sequence[RawSocket], deadline: list[float]
+) -> Iterable[tuple[RawSocket, Frame, float]]:
+    """Yield decodable response frames arriving on any port until ``deadline[0]``
+    (a one-element list, so the consumer may move the deadline while iterating)."""
+    by_fd = {p.fileno(): p for p in ports}
+    while True:
+        left = deadline[0] - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select(list(by_fd), [], [], left)
+        now = time.monotonic()
+        for fd in ready:
+            port = by_fd[fd]
+            while True:
+                try:
+                    raw = port.recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                try:
+                    frame = decode(raw)
+                except DecodeError:
+                    continue
+                if frame.is_response:
+                    yield port, frame, now
+
+
+def query_config(
+    ports: Sequence[RawSocket],
+    target: tuple[int, int] | None = None,
+    timeout: float = 1.0,
+    settle: float | None = None,
+) -> list[TargetInfo]:
+    """Broadcast Query Config on every port and gather the answers into targets.
+
+    ``target`` directs the query at one shelf.slot. Collection runs for ``timeout``
+    seconds, or stops ``settle`` seconds after the last new path once any answer came.
+    """
+    shelf, slot = target if target is not None else (BROADCAST_SHELF, BROADCAST_SLOT)
+    tag = int.from_bytes(os.urandom(4), "big") | 0x80000000  # high bit: not an I/O tag
+    sent: dict[str, float] = {}
+    for port in ports:
+        port.send(_query_frame(port, shelf, slot, tag))
+        sent[port.ifname] = time.monotonic()
+    found: dict[tuple[int, int], TargetInfo] = {}
+    seen: set[tuple[str, bytes, int, int]] = set()
+    end = time.monotonic() + timeout
+    deadline = [end]
+    for port, frame, now in _receive(ports, deadline):
+        body = frame.body
+        if frame.command != Command.QUERY_CONFIG or frame.tag != tag or frame.is_error:
+            continue
+        if not isinstance(body, ConfigBody):
+            continue
+        if target is not None and (frame.shelf, frame.slot) != target:
+            continue
+        key = (port.ifname, frame.src, frame.shelf, frame.slot)
+        if key in seen:
+            continue
+        seen.add(key)
+        info = found.get((frame.shelf, frame.slot))
+        if info is None:
+            info = TargetInfo(
+                frame.shelf,
+                frame.slot,
+                buffer_count=body.buffer_count,
+                firmware_version=body.firmware,
+                max_sectors=body.sector_count,
+                aoe_version=body.aoe_version,
+                config=body.config,
+            )
+            found[(frame.shelf, frame.slot)] = info
+        info.paths.append(
+            PathInfo(
+                port.ifname,
+                format_mac(port.mac),
+                format_mac(frame.src),
+                port.mtu,
+                body.buffer_count,
+                body.sector_count,
+                now - sent[port.ifname],
+            )
+        )
+        if settle is not None:
+            deadline[0] = min(end, now + settle)
+    return sorted(found.values(), key=lambda t: (t.shelf, t.slot))
+
+
+def identify(
+    ports: Sequence[RawSocket], info: TargetInfo, timeout: float = 0.5, tries: int = 3
+) -> TargetInfo:
+    """Send ATA IDENTIFY DEVICE over the target's paths (each in turn) and fill in
+    size, model, serial, firmware and LBA48 support. Failure is recorded, not raised."""
+    by_name = {p.ifname: p for p in ports}
+    tag = int.from_bytes(os.urandom(4), "big") | 0x80000000
+    info.identify_error = "no answer to IDENTIFY DEVICE"
+    for attempt in range(tries * max(1, len(info.paths))):
+        path = info.paths[attempt % len(info.paths)]
+        port = by_name[path.ifname]
+        dst = bytes.fromhex(path.target_mac.replace(":", ""))
+        tag = (tag + 1) | 0x80000000
+        port.send(identify_frame(dst, port.mac, info.shelf, info.slot, tag & 0xFFFFFFFF))
+        deadline = [time.monotonic() + timeout]
+        for _port, frame, _now in _receive([port], deadline):
+            if (frame.command, frame.tag, frame.src) != (Command.ATA, tag & 0xFFFFFFFF, dst):
+                continue
+            if (frame.shelf, frame.slot) != (info.shelf, info.slot):
+                continue
+            if frame.is_error:
+                info.identify_error = f"target answered IDENTIFY with AoE error {frame.error}"
+                return info
+            body = frame.body
+            if not isinstance(body, AtaBody) or len(body.data) != SECTOR_SIZE:
+                continue
+            try:
+                ident = parse_identify(body.data)
+            except DecodeError as exc:
+                info.identify_error = f"bad IDENTIFY page: {exc.detail}"
+                return info
+            info.sectors = ident.sectors
+            info.model, info.serial, info.firmware = ident.model, ident.serial, ident.firmware
+            info.lba48 = ident.lba48
+            info.flush_cache, info.flush_cache_ext = ident.flush_cache, ident.flush_cache_ext
+            info.identify_error = None
+            return info
+    return info
+
+
+def discover(
+    ifaces: Iterable[str] | None = None,
+    target: tuple[int, int] | None = None,
+    timeout: float = 1.0,
+    *,
+    settle: float | None = None,
+    with_identify: bool = True,
+) -> list[TargetInfo]:
+    """Find AoE targets on ``ifaces`` (default: every Ethernet interface that is up).
+
+    Returns one TargetInfo per shelf.slot that answered (possibly none), each with its
+    paths and, unless ``with_identify`` is false, its IDENTIFY data.
+    """
+    check_root()
+    names = resolve_interfaces(ifaces)
+    ports = open_ports(names)
+    try:
+        targets = query_config(ports, target, timeout, settle)
+        for info in targets:
+            if with_identify:
+                identify(ports, info)
+        return targets
+    finally:
+        for port in ports:
+            port.close()
+
+
+def require_frame_size(info: TargetInfo) -> None:
+    """MtuMismatchError when no path can carry even one sector per frame."""
+    for path in info.paths:
+        if path.frame_sectors < 1:
+            raise MtuMismatchError(
+                f"target {info.address} announces {path.max_sectors} sectors per command "
+                f"and {path.ifname} has MTU {path.mtu}: no sector fits in one frame"
+            )

@@ -1,0 +1,258 @@
+"""AoeDisk: an AoE target as a thread-safe, byte-addressed block device.
+
+Offsets and lengths are in bytes and need not be sector aligned: reads fetch the covering
+sectors and slice; writes that start or end inside a sector read that sector first and
+write it back merged. Every write holds a lock on its sector range for its whole run, so
+two writes touching the same sector (one of them read-modify-write) never interleave.
+Any number of threads may call at once; their requests share one window per path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
+from ..protocol import SECTOR_SIZE, DecodeError, parse_identify
+from ..protocol.ata import LBA28_MAX_SECTORS
+from .discovery import TargetInfo, query_config, require_frame_size
+from .errors import DiskClosedError, InitiatorError, NoTargetError, TargetReadOnlyError
+from .ports import check_root, open_ports, resolve_interfaces
+from .session import Session, SessionStats
+
+Buffer = bytes | bytearray | memoryview
+
+
+class _RangeLock:
+    """Exclusive locks on sector ranges; disjoint ranges never wait for each other."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held: list[tuple[int, int]] = []
+
+    @contextmanager
+    def hold(self, start: int, end: int) -> Iterator[None]:
+        span = (start, end)
+        with self._cond:
+            while any(s < end and start < e for s, e in self._held):
+                self._cond.wait()
+            self._held.append(span)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held.remove(span)
+                self._cond.notify_all()
+
+
+class AoeDisk:
+    """A remote AoE disk. Build it with :meth:`AoeDisk.open`; use as a context manager."""
+
+    def __init__(self, session: Session, info: TargetInfo, read_only: bool = False) -> None:
+        if info.sectors is None:
+            raise ValueError("the target's size is unknown (no IDENTIFY)")
+        self._session = session
+        self.info = info
+        self.sectors = info.sectors
+        self.size = info.sectors * SECTOR_SIZE
+        self._read_only = read_only
+        self._locks = _RangeLock()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        shelf: int,
+        slot: int,
+        ifaces: Iterable[str] | None = None,
+        *,
+        timeout: float = 1.0,
+        dead_timeout: float = 10.0,
+        read_only: bool = False,
+        lba48: bool | None = None,
+        min_rto: float = 0.02,
+        max_rto: float = 1.0,
+        max_window: int | None = None,
+        frame_sectors: int | None = None,
+    ) -> AoeDisk:
+        """Find shelf.slot on ``ifaces`` (default: all up Ethernet interfaces), learn its
+        paths and size, and start a session.
+
+        ``timeout`` bounds discovery; ``dead_timeout`` is how long the target may stay
+        silent on every path before I/O fails with TargetDeadError. ``lba48`` forces the
+        addressing mode (default: LBA48 whenever the device supports it). ``max_window``
+        and ``frame_sectors`` cap the window and frame size below what is negotiated.
+        """
+        check_root()
+        names = resolve_interfaces(ifaces)
+        ports = open_ports(names)
+        session: Session | None = None
+        try:
+            found = query_config(ports, (shelf, slot), timeout, settle=0.1)
+            if not found:
+                macs = ", ".join(f"{p.ifname} {_mac_text(p.mac)}" for p in ports)
+                raise NoTargetError(
+                    f"no answer from AoE target {shelf}.{slot} within {timeout:g} s on "
+                    f"{', '.join(names)}: it is not running, not reachable from these "
+                    f"interfaces, or its access list (MAC mask) excludes this host ({macs})"
+                )
+            info = found[0]
+            require_frame_size(info)
+            session = Session(
+                info,
+                ports,
+                dead_timeout=dead_timeout,
+                min_rto=min_rto,
+                max_rto=max_rto,
+                max_window=max_window,
+                frame_sectors=frame_sectors,
+            )
+            _learn_identity(session, info, lba48)
+            return cls(session, info, read_only)
+        except BaseException:
+            if session is not None:
+                session.close()
+            else:
+                for port in ports:
+                    port.close()
+            raise
+
+    # --- the block-device duck type ----------------------------------------------------
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``; any alignment."""
+        first, last = self._span(offset, length)
+        if length == 0:
+            return b""
+        buf = bytearray((last - first) * SECTOR_SIZE)
+        self._session.read_into(first, memoryview(buf))
+        skip = offset - first * SECTOR_SIZE
+        if skip == 0 and len(buf) == length:
+            return bytes(buf)
+        return bytes(memoryview(buf)[skip : skip + length])
+
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> int:
+        """Fill ``buf`` from ``offset``; no extra copy when both are sector aligned."""
+        mv = memoryview(buf).cast("B")
+        length = len(mv)
+        first, last = self._span(offset, length)
+        if length == 0:
+            return 0
+        if offset % SECTOR_SIZE == 0 and length % SECTOR_SIZE == 0:
+            self._session.read_into(first, mv)
+        else:
+            mv[:] = self.read(offset, length)
+        return length
+
+    def write(self, offset: int, data: Buffer) -> None:
+        """Write ``data`` at ``offset``; returns once the target acknowledged every sector."""
+        mv = memoryview(data).cast("B")
+        length = len(mv)
+        first, last = self._span(offset, length)
+        if self._read_only:
+            raise TargetReadOnlyError(f"target {self.info.address} is open read-only")
+        if length == 0:
+            return
+        head = offset - first * SECTOR_SIZE
+        with self._locks.hold(first, last):
+            try:
+                if head == 0 and length % SECTOR_SIZE == 0:
+                    self._session.write_from(first, mv)
+                    return
+                merged = bytearray((last - first) * SECTOR_SIZE)
+                whole = memoryview(merged)
+                if head or last - first == 1:
+                    self._session.read_into(first, whole[:SECTOR_SIZE])
+                if last - 1 > first and (head + length) % SECTOR_SIZE:
+                    self._session.read_into(last - 1, whole[-SECTOR_SIZE:])
+                whole[head : head + length] = mv
+                self._session.write_from(first, whole)
+            except TargetReadOnlyError:
+                self._read_only = True
+                raise
+
+    def flush(self) -> None:
+        """Ask the target to commit acknowledged writes to stable storage."""
+        self._check_open()
+        if self.info.flush_cache_ext and self._session.lba48:
+            self._session.flush(extended=True)
+        elif self.info.flush_cache or self.info.flush_cache_ext:
+            self._session.flush(extended=False)
+        # A device announcing no FLUSH CACHE has no volatile cache to flush.
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._session.close()
+
+    def __enter__(self) -> AoeDisk:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- extras -------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return self.info.address
+
+    @property
+    def lba48(self) -> bool:
+        return self._session.lba48
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    def stats(self) -> SessionStats:
+        return self._session.stats()
+
+    def __repr__(self) -> str:
+        return f"AoeDisk({self.address}, size={self.size}, paths={len(self.info.paths)})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DiskClosedError(f"AoE disk {self.address} is closed")
+
+    def _span(self, offset: int, length: int) -> tuple[int, int]:
+        """First sector and one past the last sector covering [offset, offset+length)."""
+        self._check_open()
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(
+                f"range {offset}+{length} is outside the disk ({self.size} bytes)"
+            )
+        return offset // SECTOR_SIZE, -(-(offset + length) // SECTOR_SIZE)
+
+
+def _mac_text(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def _learn_identity(session: Session, info: TargetInfo, lba48: bool | None) -> None:
+    """IDENTIFY through the session (so reservation and death raise proper errors)."""
+    try:
+        ident = parse_identify(session.identify())
+    except DecodeError as exc:
+        raise InitiatorError(f"target {info.address} sent a bad IDENTIFY page: {exc}") from None
+    info.sectors = ident.sectors
+    info.model, info.serial, info.firmware = ident.model, ident.serial, ident.firmware
+    info.lba48 = ident.lba48
+    info.flush_cache, info.flush_cache_ext = ident.flush_cache, ident.flush_cache_ext
+    info.identify_error = None
+    use48 = ident.lba48 if lba48 is None else lba48
+    if not use48 and ident.sectors > LBA28_MAX_SECTORS:
+        raise InitiatorError(
+            f"target {info.address} has {ident.sectors} sectors: LBA28 cannot reach them all"
+        )
+    if use48 and not ident.lba48:
+        raise InitiatorError(f"target {info.address} does not support LBA48 commands")
+    session.lba48 = use48

@@ -1,0 +1,80 @@
+"""Why an initiator operation failed, one class per cause a user can act on.
+
+Every class carries an ``errno`` so a block-device front end (NBD, FUSE) can hand the
+caller the matching POSIX error without knowing the AoE details.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class InitiatorError(Exception):
+    """Base class of every initiator failure; the message is meant for a human."""
+
+    errno: int = _errno.EIO
+
+
+class NotRootError(InitiatorError):
+    """Raw AoE sockets need root (CAP_NET_RAW)."""
+
+    errno = _errno.EPERM
+
+
+class InterfaceUnusableError(InitiatorError):
+    """A named network interface is missing, down or cannot carry AoE."""
+
+    errno = _errno.ENODEV
+
+
+class NoTargetError(InitiatorError):
+    """Nobody answered the Query Config: target down, elsewhere, or its ACL excludes us."""
+
+    errno = _errno.ENXIO
+
+
+class MtuMismatchError(InitiatorError):
+    """Small frames get through but full-size ones do not, or the MTU is too small."""
+
+    errno = _errno.EMSGSIZE
+
+
+class TargetDeadError(InitiatorError):
+    """The target stopped answering on every path for longer than the dead time."""
+
+    errno = _errno.EIO
+
+
+class TargetReadOnlyError(InitiatorError):
+    """The export refuses writes."""
+
+    errno = _errno.EROFS
+
+
+class TargetReservedError(InitiatorError):
+    """Another initiator holds a reservation on the target (AoE error 6)."""
+
+    errno = _errno.EACCES
+
+
+class TargetError(InitiatorError):
+    """The target answered with an AoE error code."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AtaCommandError(InitiatorError):
+    """The device reported an ATA error (status ERR) for a command."""
+
+    def __init__(self, message: str, status: int = 0, error: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
+class DiskClosedError(InitiatorError):
+    """The disk (session) was closed while, or before, the request ran."""
+
+    errno = _errno.EBADF

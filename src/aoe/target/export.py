@@ -1,0 +1,312 @@
+"""Exports: a file or block device (or a slice of one) seen as numbered 512-byte sectors.
+
+An :class:`Export` owns the open file descriptor, the slice bounds, the options (read-only,
+O_DIRECT, O_SYNC) and the state initiators may change (config string, MAC mask list,
+reservations). The request engine reads the plain attributes directly on its fast path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..protocol.constants import SECTOR_SIZE
+from ..protocol.identify import IdentifyInfo, build_identify
+from ..protocol.mac import format_mac
+from .state import ExportState
+
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+MAX_CONFIG = 1024
+DIRECT_ALIGN = 4096  # buffer alignment used for O_DIRECT; also fine for 512-byte devices
+
+
+class ExportError(Exception):
+    """An export cannot be opened as configured (missing file, bad slice, bad options)."""
+
+
+@dataclass
+class ExportSpec:
+    """How to serve one disk image or device: everything a config file can say about it."""
+
+    shelf: int
+    slot: int
+    path: str
+    offset: int = 0  # bytes into the backing store where sector 0 lives
+    length: int | None = None  # bytes exported; None: to the end of the store
+    read_only: bool = False
+    direct: bool = False  # O_DIRECT: bypass the page cache
+    sync: bool = False  # O_SYNC: every write is durable before it is acknowledged
+    config: bytes | None = None  # initial config string (saved state wins)
+    interfaces: list[str] | None = None  # None: every interface the target serves
+    serial: str | None = None
+    model: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"e{self.shelf}.{self.slot}"
+
+
+def store_size(fd: int) -> tuple[int, bool]:
+    """Size in bytes of an open regular file or block device, and whether it is a device."""
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return struct.unpack("Q", buf)[0], True
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size, False
+    raise ExportError("not a regular file or block device")
+
+
+def default_serial(spec: ExportSpec, realpath: str) -> str:
+    """A serial derived from what identifies the export, so it is stable across restarts."""
+    digest = hashlib.sha256(
+        f"{spec.shelf}.{spec.slot}:{realpath}:{spec.offset}".encode()
+    ).hexdigest()
+    return "PYAOE" + digest[:15].upper()
+
+
+class Export:
+    """One open export. Create with :meth:`open`; close when done."""
+
+    def __init__(
+        self,
+        spec: ExportSpec,
+        fd: int,
+        size: int,
+        state: ExportState,
+        is_device: bool,
+    ) -> None:
+        self.spec = spec
+        self.shelf = spec.shelf
+        self.slot = spec.slot
+        self.key = (spec.shelf << 8) | spec.slot
+        self.fd = fd
+        self.is_device = is_device
+        self.base = spec.offset
+        self.sectors = size // SECTOR_SIZE
+        self.read_only = spec.read_only
+        self.direct = spec.direct
+        self.state = state
+        self.mask_limit = 255  # lowered by the server to what the smallest MTU carries
+        self.masks: set[bytes] = set()
+        self.reserved: set[bytes] = set()
+        self.guarded = False
+        self._sync_guards()
+        self._bounce: mmap.mmap | None = None
+        if spec.direct:
+            self._bounce = mmap.mmap(-1, 256 * SECTOR_SIZE)  # page aligned, as O_DIRECT needs
+        self.identify_page = build_identify(
+            IdentifyInfo(
+                sectors=self.sectors,
+                model=spec.model or "pyaoe virtual disk",
+                serial=state.serial,
+                firmware=__version__,
+                smart=True,
+            )
+        )
+
+    # --- construction ---------------------------------------------------------------
+    @classmethod
+    def open(cls, spec: ExportSpec, state_dir: str | Path | None = None) -> Export:
+        """Open the backing store and load (or create) the saved state."""
+        if not 0 <= spec.shelf <= 0xFFFE or not 0 <= spec.slot <= 0xFE:
+            raise ExportError(f"{spec.name}: shelf must be 0-65534 and slot 0-254")
+        if spec.offset < 0 or spec.offset % SECTOR_SIZE:
+            raise ExportError(f"{spec.name}: offset {spec.offset} is not a multiple of 512")
+        if spec.length is not None and (spec.length <= 0 or spec.length % SECTOR_SIZE):
+            raise ExportError(
+                f"{spec.name}: length {spec.length} is not a positive multiple of 512"
+            )
+        if spec.config is not None and len(spec.config) > MAX_CONFIG:
+            raise ExportError(f"{spec.name}: config string is longer than 1024 bytes")
+        flags = os.O_CLOEXEC | (os.O_RDONLY if spec.read_only else os.O_RDWR)
+        if spec.direct:
+            flags |= os.O_DIRECT
+        if spec.sync:
+            flags |= os.O_SYNC
+        try:
+            fd = os.open(spec.path, flags)
+        except FileNotFoundError:
+            raise ExportError(f"{spec.name}: {spec.path}: no such file or device") from None
+        except IsADirectoryError:
+            raise ExportError(f"{spec.name}: {spec.path} is a directory") from None
+        except OSError as exc:
+            hint = ""
+            if spec.direct and exc.errno == 22:
+                hint = " (this file system does not support O_DIRECT)"
+            raise ExportError(
+                f"{spec.name}: cannot open {spec.path}: {exc.strerror}{hint}"
+            ) from None
+        try:
+            try:
+                total, is_device = store_size(fd)
+            except ExportError as exc:
+                raise ExportError(f"{spec.name}: {spec.path}: {exc}") from None
+            if spec.direct:
+                _check_direct_alignment(spec, fd, is_device)
+            if spec.offset >= total and total:
+                raise ExportError(
+                    f"{spec.name}: offset {spec.offset} is past the end of {spec.path} "
+                    f"({total} bytes)"
+                )
+            size = total - spec.offset if spec.length is None else spec.length
+            if spec.offset + size > total:
+                raise ExportError(
+                    f"{spec.name}: offset {spec.offset} + length {size} is past the end of "
+                    f"{spec.path} ({total} bytes)"
+                )
+            if size < SECTOR_SIZE:
+                raise ExportError(f"{spec.name}: {spec.path} exports less than one sector")
+            state = _load_state(spec, state_dir)
+            return cls(spec, fd, size, state, is_device)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self._bounce is not None:
+            self._bounce.close()
+            self._bounce = None
+
+    def __enter__(self) -> Export:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Export({self.spec.name}, {self.spec.path!r}, sectors={self.sectors})"
+
+    # --- I/O ------------------------------------------------------------------------
+    def read_into(self, view: memoryview, pos: int) -> int:
+        """Fill ``view`` from byte ``pos`` of the backing store; bytes read."""
+        if self._bounce is None:
+            return os.preadv(self.fd, (view,), pos)
+        n = len(view)
+        got = os.preadv(self.fd, (memoryview(self._bounce)[:n],), pos)
+        view[:got] = self._bounce[:got]
+        return got
+
+    def write_from(self, view: memoryview, pos: int) -> int:
+        """Write ``view`` at byte ``pos``; returns only once the kernel has all of it."""
+        if self._bounce is not None:
+            n = len(view)
+            self._bounce[:n] = view
+            view = memoryview(self._bounce)[:n]
+        done = 0
+        total = len(view)
+        while done < total:
+            w = os.pwrite(self.fd, view[done:], pos + done)
+            if w <= 0:
+                break
+            done += w
+        return done
+
+    def flush(self) -> None:
+        """Make every acknowledged write durable."""
+        os.fdatasync(self.fd)
+
+    # --- wire-visible state ---------------------------------------------------------
+    @property
+    def config(self) -> bytes:
+        return self.state.config
+
+    def set_config(self, value: bytes) -> None:
+        self.state.config = bytes(value)
+        self.state.save()
+
+    def mask_list(self) -> list[bytes]:
+        return list(self.state.masks)
+
+    def set_masks(self, macs: list[bytes]) -> None:
+        self.state.masks = list(macs)
+        self._sync_guards()
+        self.state.save()
+
+    def reserve_list(self) -> list[bytes]:
+        return list(self.state.reservations)
+
+    def set_reservations(self, macs: list[bytes]) -> None:
+        # Keep order, drop duplicates: the list is echoed back to initiators.
+        seen: dict[bytes, None] = dict.fromkeys(bytes(m) for m in macs)
+        self.state.reservations = list(seen)
+        self._sync_guards()
+        self.state.save()
+
+    def _sync_guards(self) -> None:
+        self.masks = set(self.state.masks)
+        self.reserved = set(self.state.reservations)
+        self.guarded = bool(self.masks or self.reserved)
+
+    def describe(self) -> dict[str, object]:
+        """A summary for logs and ``--json`` output."""
+        return {
+            "export": self.spec.name,
+            "path": self.spec.path,
+            "offset": self.base,
+            "sectors": self.sectors,
+            "read_only": self.read_only,
+            "direct": self.direct,
+            "sync": self.spec.sync,
+            "config": self.config.decode("utf-8", "replace"),
+            "masks": [format_mac(m) for m in self.state.masks],
+            "reservations": [format_mac(m) for m in self.state.reservations],
+            "serial": self.state.serial,
+            "state_file": str(self.state.path) if self.state.path else None,
+        }
+
+
+def _check_direct_alignment(spec: ExportSpec, fd: int, is_device: bool) -> None:
+    block = SECTOR_SIZE
+    if is_device:
+        try:
+            block = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
+        except OSError:
+            pass
+    if block > SECTOR_SIZE:
+        raise ExportError(
+            f"{spec.name}: {spec.path} has {block}-byte logical blocks; O_DIRECT needs 512"
+        )
+
+
+def state_file_name(spec: ExportSpec) -> str:
+    """``eSHELF.SLOT-<digest>.json``: the digest of the store's real path and slice keeps the
+    state of one disk from being applied to another disk later served at the same address
+    (a reservation or mask list meant for one image must never lock out another)."""
+    ident = f"{os.path.realpath(spec.path)}:{spec.offset}:{spec.length}"
+    return f"{spec.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
+
+
+def _load_state(spec: ExportSpec, state_dir: str | Path | None) -> ExportState:
+    path = None
+    if state_dir is not None:
+        d = Path(state_dir)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"cannot create state directory {d}: {exc.strerror}") from None
+        path = d / state_file_name(spec)
+    state = ExportState.load(path)
+    fresh = state is None
+    if state is None:
+        state = ExportState(path=path)
+        if spec.config is not None:
+            state.config = spec.config
+    if spec.serial:
+        state.serial = spec.serial
+    elif not state.serial:
+        state.serial = default_serial(spec, os.path.realpath(spec.path))
+    if fresh:
+        state.save()
+    return state

@@ -1,0 +1,129 @@
+"""`aoe discover`, `aoe info`, `aoe copy` run as real commands inside the initiator's
+namespace against vblade, plus their error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from aoe.cli import main
+from aoe.lab import Lab
+
+from .test_initiator_helpers import AOE_BIN, SHELF, SLOT, Rig, make_rig
+
+SIZE = 4 << 20
+ZEROS = ((1 << 20, 1 << 20), (SIZE - (1 << 20), 1 << 20))  # two 1 MiB runs of zeros
+ADDR = f"{SHELF}.{SLOT}"
+
+
+@pytest.fixture
+def rig(lab: Lab, tmp_path: Path) -> Rig:
+    return make_rig(lab, "vblade", tmp_path, mtu=9000, size=SIZE, zero_ranges=ZEROS)
+
+
+def aoe(rig: Rig, *args: str, check: bool = True) -> subprocess.CompletedProcess[Any]:
+    """Run the aoe command in the initiator host (stdout and stderr are pipes)."""
+    done = rig.initiator.run([AOE_BIN, *args], check=False, timeout=60)
+    if check and done.returncode != 0:
+        raise AssertionError(f"aoe {' '.join(args)} failed: {done.stderr}")
+    return done
+
+
+def test_discover_table_and_json(rig: Rig) -> None:
+    table = aoe(rig, "discover", "--timeout", "0.3").stdout  # default: every up interface
+    assert ADDR in table and "4.0 MiB" in table and "Coraid EtherDrive vblade" in table
+    assert f"{rig.ifaces[0]}>" in table
+    found = json.loads(aoe(rig, "discover", ADDR, "-i", rig.ifaces[0], "--json",
+                           "--timeout", "0.3").stdout)
+    assert len(found) == 1
+    t = found[0]
+    assert t["address"] == ADDR and t["size"] == SIZE and t["sectors"] == SIZE // 512
+    assert t["buffer_count"] >= 1 and t["max_sectors"] == 17 and t["aoe_version"] == 1
+    assert t["model"] == "Coraid EtherDrive vblade" and t["firmware"] and t["serial"]
+    assert t["config"] == "" and t["interfaces"] == rig.ifaces
+    assert t["paths"][0]["frame_sectors"] == 17
+
+
+def test_info(rig: Rig) -> None:
+    out = aoe(rig, "info", ADDR, "-i", rig.ifaces[0]).stdout
+    assert f"size:          {SIZE} bytes" in out
+    assert "max sectors:   17" in out and "lba48:         yes" in out
+    assert f"path:          {rig.ifaces[0]}" in out
+    details = json.loads(aoe(rig, "info", ADDR, "--json").stdout)
+    assert details["size"] == SIZE and details["lba48_in_use"] is True
+
+
+def test_copy_disk_to_file_sparse_and_verified(rig: Rig, tmp_path: Path) -> None:
+    out = tmp_path / "copy.img"
+    done = aoe(rig, "copy", ADDR, str(out), "--verify", "-i", rig.ifaces[0])
+    assert out.read_bytes() == rig.data
+    assert "verified" in done.stderr and "ETA" not in done.stderr  # no bar when piped
+    allocated = os.stat(out).st_blocks * 512
+    assert allocated <= SIZE - (2 << 20)  # both zero runs are holes
+    dense = tmp_path / "dense.img"
+    aoe(rig, "copy", ADDR, str(dense), "--no-sparse")
+    assert dense.read_bytes() == rig.data
+    assert os.stat(dense).st_blocks * 512 >= SIZE
+
+
+def test_copy_ranges_both_ways(rig: Rig, tmp_path: Path) -> None:
+    part = tmp_path / "part.bin"
+    aoe(rig, "copy", ADDR, str(part), "--offset", "4097", "--length", "10000")
+    assert part.read_bytes() == rig.data[4097:14097]
+    src = tmp_path / "src.bin"
+    payload = bytes(range(256)) * 40
+    src.write_bytes(payload)
+    done = aoe(rig, "copy", str(src), ADDR, "--offset", "1000", "--verify", "--progress")
+    assert "ETA" in done.stderr and "MB/s" in done.stderr and "verified" in done.stderr
+    expected = bytearray(rig.data)
+    expected[1000 : 1000 + len(payload)] = payload
+    assert rig.image_now() == bytes(expected)
+    aoe(rig, "copy", str(src), ADDR, "--offset", "2M", "--length", "100")
+    expected[2 << 20 : (2 << 20) + 100] = payload[:100]
+    assert rig.image_now() == bytes(expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["info", f"{SHELF}.{SLOT + 1}", "--timeout", "0.2"], "no answer from AoE target"),
+        (["copy", ADDR, "x.img", "-i", "nosuch0"], "interface 'nosuch0' does not exist"),
+        (["copy", ADDR, "/nonexistent/dir/x.img"], "No such file or directory"),
+        (["copy", "a.img", "b.img"], "exactly one of SOURCE and DEST"),
+        (["info", "7"], "not a SHELF.SLOT address"),
+        (["copy", ADDR, "x.img", "--length", "8M"], "past the end of the disk"),
+        (["copy", ADDR, "x.img", "--offset", "lots"], "is not a size"),
+    ],
+)
+def test_error_messages(rig: Rig, tmp_path: Path, args: list[str], message: str) -> None:
+    done = aoe(rig, *args, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_not_root_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    result = CliRunner().invoke(main, ["discover"])
+    assert result.exit_code == 1
+    assert "run as root" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_copy_through_stdout_and_stdin(rig: Rig, tmp_path: Path) -> None:
+    done = rig.initiator.run([AOE_BIN, "copy", ADDR, "-", "--offset", "512", "--length", "5000"],
+                             text=False, timeout=60)
+    assert done.stdout == rig.data[512:5512]
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"\xa5" * 3000)
+    with open(src, "rb") as stdin:
+        rig.initiator.run([AOE_BIN, "copy", "-", ADDR, "--offset", "100"], stdin=stdin,
+                          timeout=60)
+    assert rig.image_now()[100:3100] == b"\xa5" * 3000
+    assert rig.image_now()[3100:] == rig.data[3100:] and rig.image_now()[:100] == rig.data[:100]

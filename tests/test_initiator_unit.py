@@ -1,0 +1,158 @@
+"""Initiator logic that needs no network: RTT/RTO and window arithmetic, the sector range
+lock, size parsing, and the copy pipeline on an in-memory block device."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import click
+import pytest
+
+from aoe.initiator.commands import SizeType, human_size
+from aoe.initiator.copy import VerifyError, copy_from_disk, copy_to_disk
+from aoe.initiator.disk import _RangeLock
+from aoe.initiator.paths import INITIAL_WINDOW, MacBudget
+from aoe.initiator.paths import Path as AoePath
+
+
+class _Port:
+    """Just what Path reads from a port."""
+
+    ifname = "eth0"
+    mac = b"\x02\x00\x00\x00\x00\x01"
+
+
+def make_path(buffers: int = 16, rtt: float = 0.001) -> AoePath:
+    return AoePath(0, _Port(), b"\x02\x00\x00\x00\x00\x02", 1, 2, MacBudget(buffers), 17, rtt,
+                   min_rto=0.005, max_rto=0.5)
+
+
+def test_rto_follows_rtt_and_backs_off() -> None:
+    p = make_path(rtt=0.001)
+    assert p.rto == pytest.approx(0.005)  # 1 ms + 4 * 0.5 ms = 3 ms, clamped to min_rto
+    for _ in range(50):
+        p.sample_rtt(0.010)
+    assert 0.010 <= p.rto < 0.02  # converged near 10 ms with a small deviation
+    before = p.rto
+    p.on_timeouts()
+    assert p.rto == pytest.approx(2 * before)
+    for _ in range(10):
+        p.on_timeouts()
+    assert p.rto == 0.5  # capped at max_rto
+    p.sample_rtt(0.010)
+    assert p.rto < 0.5  # a clean sample resets the backoff
+
+
+def test_window_halves_on_loss_and_respects_buffer_count() -> None:
+    p = make_path(buffers=16)
+    assert p.cwnd == INITIAL_WINDOW and p.limit == 16
+    p.cwnd = 12.0
+    p.on_loss()
+    assert p.cwnd == 6.0 and p.ssthresh == 6.0
+    for _ in range(20):
+        p.on_loss()
+    assert p.cwnd == 1.0  # never below one frame
+    capped = AoePath(0, _Port(), b"\x02" * 6, 1, 2, MacBudget(16), 17, 0.001, 0.005, 0.5,
+                     max_window=4)
+    assert capped.limit == 4
+
+
+def test_path_marked_alive_again() -> None:
+    p = make_path()
+    p.down = True
+    p.timeouts_in_row = 5
+    p.cwnd = 1.0
+    p.on_alive(1.0)
+    assert not p.down and p.timeouts_in_row == 0 and p.cwnd == INITIAL_WINDOW
+
+
+def test_range_lock_serialises_overlaps_only() -> None:
+    lock = _RangeLock()
+    order: list[str] = []
+    with lock.hold(0, 10):
+        t_overlap = threading.Thread(target=lambda: _hold(lock, 5, 15, order, "overlap"))
+        t_disjoint = threading.Thread(target=lambda: _hold(lock, 10, 20, order, "disjoint"))
+        t_overlap.start()
+        t_disjoint.start()
+        t_disjoint.join(5)
+        assert order == ["disjoint"]  # did not wait for [0, 10)
+        order.append("released")
+    t_overlap.join(5)
+    assert order == ["disjoint", "released", "overlap"]
+
+
+def _hold(lock: _RangeLock, start: int, end: int, order: list[str], name: str) -> None:
+    with lock.hold(start, end):
+        order.append(name)
+
+
+@pytest.mark.parametrize(("text", "value"), [("4096", 4096), ("64k", 65536), ("32M", 32 << 20),
+                                             ("1GiB", 1 << 30), ("2 kb", 2048)])
+def test_sizes(text: str, value: int) -> None:
+    assert SizeType().convert(text, None, None) == value
+
+
+def test_bad_size() -> None:
+    with pytest.raises(click.BadParameter):
+        SizeType().convert("12x", None, None)
+
+
+def test_human_size() -> None:
+    assert human_size(512) == "512 B"
+    assert human_size(4 << 20) == "4.0 MiB"
+
+
+class MemoryDisk:
+    """The block duck type over a bytearray (the copy pipeline's own contract)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.buf = bytearray(data)
+        self.size = len(data)
+        self.read_only = False
+        self.flushed = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        time.sleep(0.001)  # let the pipeline overlap
+        return bytes(self.buf[offset : offset + length])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.buf[offset : offset + len(data)] = data
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+    def close(self) -> None:
+        pass
+
+
+def test_copy_out_is_sparse_and_verified(tmp_path: Path) -> None:
+    data = bytearray(b"\x5a" * (3 << 20))
+    data[1 << 20 : 2 << 20] = bytes(1 << 20)
+    data[-(256 << 10) :] = bytes(256 << 10)
+    disk = MemoryDisk(bytes(data))
+    out = tmp_path / "out.img"
+    with open(out, "w+b") as f:
+        result = copy_from_disk(disk, f, verify=True, chunk=1 << 20)
+    assert out.read_bytes() == data
+    assert result.holes == (1 << 20) + (256 << 10) and result.verified
+    assert out.stat().st_blocks * 512 <= len(data) - (1 << 20)
+
+
+def test_copy_in_range_and_verify_failure() -> None:
+    disk = MemoryDisk(bytes(1 << 20))
+    payload = bytes(range(256)) * 100
+    result = copy_to_disk(disk, io.BytesIO(payload), offset=777, verify=True, chunk=4096)
+    assert result.nbytes == len(payload) and disk.flushed == 1
+    assert bytes(disk.buf[777 : 777 + len(payload)]) == payload
+    with pytest.raises(ValueError, match="do not fit"):
+        copy_to_disk(disk, io.BytesIO(payload), offset=disk.size - 10, length=len(payload))
+
+    class Liar(MemoryDisk):
+        def write(self, offset: int, data: bytes) -> None:
+            super().write(offset, data[:-1] + b"?")
+
+    with pytest.raises(VerifyError, match="verify failed"):
+        copy_to_disk(Liar(bytes(4096)), io.BytesIO(b"x" * 4096), verify=True)
