@@ -74,6 +74,15 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None
     raise RuntimeError(f"{path} did not appear within {timeout:.0f} s")
 
 
+def _wait_ready(serve: subprocess.Popen[str]) -> None:
+    """Block until `aoe serve` says it is ready (its first stdout line starts with ready:)."""
+    assert serve.stdout is not None
+    line = serve.stdout.readline()
+    if not line.startswith("ready:"):
+        raise RuntimeError(f"aoe serve did not start (exit {serve.poll()}): {line.strip()}")
+    print(f"  {line.strip()}", flush=True)
+
+
 def run_demo() -> None:
     if os.geteuid() != 0:
         raise SystemExit("demo: needs root (network namespaces, raw sockets, mounts)")
@@ -89,12 +98,15 @@ def run_demo() -> None:
         cable = lab.cable(target, initiator, mtu=9000)
         _say(f"lab {lab.name}: target:eth0 <-> initiator:eth0, MTU {cable.mtu}")
 
-        serve = target.popen([*aoe, "serve", "eth0", SHELF_SLOT, str(image)])
-        _say(f"target: aoe serve eth0 {SHELF_SLOT} {image.name} (pid {serve.pid})")
+        serve = target.popen(
+            [*aoe, "serve", "eth0", SHELF_SLOT, str(image)], stdout=subprocess.PIPE, text=True
+        )
+        _wait_ready(serve)
+        _say(f"target: aoe serve eth0 {SHELF_SLOT} {image.name} (pid {serve.pid}) is ready")
 
         _say("initiator: aoe discover -i eth0")
         found = initiator.run(
-            [*aoe, "discover", "-i", "eth0", "--timeout", "3"],
+            [*aoe, "discover", "-i", "eth0", "--timeout", "2"],
             capture_output=True,
             text=True,
             check=True,
@@ -107,8 +119,10 @@ def run_demo() -> None:
         fuse_dir, mnt = work / "aoe", work / "mnt"
         fuse_dir.mkdir()
         mnt.mkdir()
+        # private_sysfs=False: the FUSE mount must land in the shared mount namespace.
         fuse = initiator.popen(
-            [*aoe, "mount", SHELF_SLOT, str(fuse_dir), "-i", "eth0", "--foreground"]
+            [*aoe, "mount", SHELF_SLOT, str(fuse_dir), "-i", "eth0", "--foreground"],
+            private_sysfs=False,
         )
         loop_mounted = False
         try:
