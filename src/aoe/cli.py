@@ -21,3 +21,28 @@ def main() -> None:
 from .decode_cli import decode  # noqa: E402
 
 main.add_command(decode)
+
+from .lab.cli import lab_group, link_group  # noqa: E402
+
+main.add_command(lab_group)
+main.add_command(link_group)
+
+from .target.cli import serve  # noqa: E402
+
+main.add_command(serve)
+
+from .initiator.commands import copy, discover, info  # noqa: E402
+
+main.add_command(discover)
+main.add_command(info)
+main.add_command(copy)
+
+from .export.cli import attach, detach, mount, nbd  # noqa: E402
+
+for _cmd in (mount, nbd, attach, detach):
+    main.add_command(_cmd)
+
+from .tools_cli import conformance, fuzz, ping, sniff  # noqa: E402
+
+for _cmd in (conformance, fuzz, sniff, ping):
+    main.add_command(_cmd)

@@ -1,0 +1,129 @@
+"""The exports over real AoE: a target (`aoe serve` or vblade) in one namespace, the
+initiator and the export on the other side, real clients on the export.
+
+The FUSE mount lives in the test's own mount namespace (the initiator's sockets belong to
+the lab namespace, the mount does not), so mkfs, loop mounts and fsck run as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aoe.export.fuse import mounted
+from aoe.export.nbdserver import NbdServer
+from aoe.lab import Lab
+
+from .export_support import CountFlushes, random_image, run, sha256, umount_quietly
+from .test_export_fuse import AOE, check_files, ext4_roundtrip, wait_mounted
+from .test_initiator_helpers import SHELF, SLOT, Rig, make_rig
+
+SIZE = 64 << 20
+
+
+@pytest.fixture(params=["serve", "vblade"])
+def rig(request: pytest.FixtureRequest, lab: Lab, tmp_path: Path) -> Rig:
+    return make_rig(lab, request.param, tmp_path, mtu=9000, size=SIZE)
+
+
+@pytest.fixture
+def serve_rig(lab: Lab, tmp_path: Path) -> Rig:
+    return make_rig(lab, "serve", tmp_path, mtu=9000, size=SIZE)
+
+
+def test_ext4_through_fuse_over_aoe(rig: Rig, tmp_path: Path) -> None:
+    mp, mnt = tmp_path / "mp", tmp_path / "mnt"
+    mp.mkdir()
+    mnt.mkdir()
+    disk = CountFlushes(rig.open())
+    try:
+        with mounted(disk, mp) as disk_file:
+            assert os.stat(disk_file).st_size == SIZE
+            sums = ext4_roundtrip(disk_file, mnt)
+    finally:
+        umount_quietly(mnt)
+        umount_quietly(mp, fuse=True)
+        disk.close()
+    assert disk.flushes > 0  # mkfs and the loop device fsync the file
+    if rig.kind == "serve":  # and the target saw them as ATA FLUSH CACHE
+        target = rig.procs[0]
+        target.send_signal(signal.SIGTERM)
+        target.wait(20)
+        log = (tmp_path / "target0.log").read_text()
+        m = re.search(r"flushes=(\d+)", log)
+        assert m and int(m.group(1)) > 0, log
+    check_files(rig.image, mnt, sums)
+
+
+def test_nbdcopy_over_aoe_bit_identical(rig: Rig, tmp_path: Path) -> None:
+    disk = rig.open()
+    try:
+        with NbdServer(disk, socket_path=tmp_path / "aoe.sock", name="e5.2") as srv:
+            srv.start()
+            out = tmp_path / "out.img"
+            run(["nbdcopy", "--connections=4", srv.uri, str(out)], timeout=120)
+            assert out.read_bytes() == rig.data
+            src = tmp_path / "src.img"
+            random_image(src, SIZE, seed=77)
+            run(["nbdcopy", "--connections=4", "--flush", str(src), srv.uri], timeout=120)
+    finally:
+        disk.close()
+    assert sha256(rig.image) == sha256(src)
+
+
+def test_aoe_mount_and_aoe_nbd_commands(serve_rig: Rig, tmp_path: Path) -> None:
+    """The commands as a user runs them, on the initiator host."""
+    rig = serve_rig
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    iface = ["-i", rig.ifaces[0]]
+    # private_sysfs=False: the FUSE mount must land in the test's mount namespace
+    mount = rig.initiator.popen([AOE, "mount", "-f", f"{SHELF}.{SLOT}", str(mp), *iface],
+                                private_sysfs=False, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_mounted(mp, mount)
+        assert sha256(mp / "disk") == sha256(rig.image)
+        with open(mp / "disk", "r+b") as f:
+            f.seek(SIZE - 4096)
+            f.write(b"end of the disk".ljust(4096, b"."))
+            os.fsync(f.fileno())
+        mount.send_signal(signal.SIGTERM)
+        assert mount.wait(30) == 0
+        assert not os.path.ismount(mp)
+    finally:
+        if mount.poll() is None:
+            mount.kill()
+            mount.wait()
+        umount_quietly(mp, fuse=True)
+    assert rig.image.read_bytes()[SIZE - 4096 :] == b"end of the disk".ljust(4096, b".")
+
+    sock = tmp_path / "cli.sock"
+    nbd = rig.initiator.popen([AOE, "nbd", f"{SHELF}.{SLOT}", "--socket", str(sock), *iface],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        uri = nbd.stderr.readline().strip() if nbd.stderr else ""
+        assert uri == f"nbd+unix:///e{SHELF}.{SLOT}?socket={sock}"
+        out = tmp_path / "out.img"
+        run(["nbdcopy", uri, str(out)], timeout=120)
+        assert sha256(out) == sha256(rig.image)
+        nbd.send_signal(signal.SIGINT)
+        assert nbd.wait(30) == 0
+    finally:
+        if nbd.poll() is None:
+            nbd.kill()
+            nbd.wait()
+
+
+def test_missing_target_is_a_clear_error(serve_rig: Rig, tmp_path: Path) -> None:
+    rig = serve_rig
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    done = rig.initiator.run([AOE, "mount", "-f", "--timeout", "0.5", f"{SHELF}.99", str(mp),
+                              "-i", rig.ifaces[0]], check=False, private_sysfs=False)
+    assert done.returncode == 1 and "no answer from AoE target" in done.stderr
+    assert "Traceback" not in done.stderr and not os.path.ismount(mp)
