@@ -12,24 +12,8 @@ from pathlib import Path
 
 import click
 
+from .cli_types import ADDRESS
 from .net.rawsock import InterfaceError
-from .protocol.mac import parse_address
-
-
-class _Address(click.ParamType):
-    name = "SHELF.SLOT"
-
-    def convert(self, value: object, param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_address(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-ADDRESS = _Address()
 
 
 def _scratch(lba: int | None, sectors: int | None) -> tuple[int, int] | None:

@@ -7,7 +7,6 @@ printed as one line, never as a traceback.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 
+from ..cli_types import AddressType, SizeType
 from ..net.link import LinkError
 from ..protocol import parse_address
 from .copy import CopyResult, VerifyError, copy_from_disk, copy_to_disk
@@ -25,40 +25,6 @@ from .disk import AoeDisk
 from .errors import InitiatorError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-class SizeType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
-    """A byte count: 4096, 64k, 32M, 1GiB (binary units)."""
-
-    name = "size"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        m = _SIZE_RE.match(str(value))
-        if not m:
-            self.fail(f"{value!r} is not a size (examples: 4096, 64k, 32M, 1GiB)", param, ctx)
-        return int(m.group(1)) * _UNITS[m.group(2).lower()]
-
-
-class AddressType(click.ParamType):  # type: ignore[type-arg]
-    """SHELF.SLOT."""
-
-    name = "shelf.slot"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_address(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
 
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pyroute2.netlink.exceptions import NetlinkError
 
 from aoe.lab.nsutil import LabError
+from aoe.units import parse_size
 
 if TYPE_CHECKING:
     from aoe.lab.host import Host
@@ -17,7 +18,6 @@ _RATE_UNITS = {
     "bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12,
     "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9,
 }
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1 << 20, "mb": 1 << 20}
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 # tbf carries its rate in a 32-bit bytes/s field (pyroute2 does not send the 64-bit one).
 MAX_RATE_BITS = (2**32 - 1) * 8
@@ -37,16 +37,6 @@ def parse_rate(rate: str | int) -> int:
     if not 8 <= bits <= MAX_RATE_BITS:
         raise ValueError(f"rate {rate!r} out of range (8 bit/s .. {MAX_RATE_BITS} bit/s)")
     return bits
-
-
-def parse_size(size: str | int) -> int:
-    """Byte count from an int or a string such as "64kb", "1mb"."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", size)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"bad size {size!r}: use e.g. 64kb or a byte count")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
 def parse_time(value: str | float) -> float:

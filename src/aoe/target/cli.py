@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..protocol.mac import parse_address
-from .config import ConfigError, ServeConfig, load_config, parse_size
+from ..cli_types import ADDRESS, SIZE
+from .config import ConfigError, ServeConfig, load_config
 from .counters import Counters
 from .export import ExportError, ExportSpec
 from .logs import setup_logging
@@ -47,32 +47,6 @@ def check_privileges() -> None:
         )
 
 
-class _Size(click.ParamType):  # type: ignore[type-arg]
-    name = "SIZE"
-
-    def convert(self, value: object, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value, "size")
-        except ConfigError:
-            self.fail(f"{value!r} is not a size (e.g. 4096, 512M, 4G)", param, ctx)
-
-
-class _Address(click.ParamType):  # type: ignore[type-arg]
-    name = "SHELF.SLOT"
-
-    def convert(self, value: object, param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_address(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 def _print_counters(counters: Counters, as_json: bool) -> None:
     click.echo(counters.format(as_json=as_json))
     sys.stdout.flush()
@@ -80,14 +54,14 @@ def _print_counters(counters: Counters, as_json: bool) -> None:
 
 @click.command("serve")
 @click.argument("iface", required=False)
-@click.argument("address", required=False, type=_Address(), metavar="[SHELF.SLOT]")
+@click.argument("address", required=False, type=ADDRESS, metavar="[SHELF.SLOT]")
 @click.argument("file", required=False, metavar="[FILE]")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML file describing many exports and interfaces.")
 @click.option("--mtu", type=click.IntRange(68, 65535), help="Set this MTU on the interfaces.")
-@click.option("--offset", type=_Size(), default=0, show_default=True,
+@click.option("--offset", type=SIZE, default=0, show_default=True,
               help="Export starts this many bytes into FILE (multiple of 512).")
-@click.option("--length", type=_Size(), default=None,
+@click.option("--length", type=SIZE, default=None,
               help="Export this many bytes (default: to the end of FILE).")
 @click.option("-r", "--read-only", is_flag=True, help="Refuse writes (ATA abort).")
 @click.option("--direct", is_flag=True, help="Open FILE with O_DIRECT.")

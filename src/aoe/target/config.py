@@ -19,21 +19,31 @@ Example::
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import units
 from ..protocol.mac import parse_address
 from .export import ExportSpec
 from .server import InterfaceSpec
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _EXPORT_KEYS = {
-    "address", "shelf", "slot", "path", "file", "offset", "length", "read_only", "direct",
-    "sync", "config", "interfaces", "serial", "model",
+    "address",
+    "shelf",
+    "slot",
+    "path",
+    "file",
+    "offset",
+    "length",
+    "read_only",
+    "direct",
+    "sync",
+    "config",
+    "interfaces",
+    "serial",
+    "model",
 }
 _TOP_KEYS = {"state_dir", "interfaces", "export", "mtu"}
 
@@ -51,17 +61,12 @@ class ServeConfig:
 
 def parse_size(value: object, what: str) -> int:
     """Bytes from an integer or a string such as ``"512M"``, ``"4G"``, ``"1MiB"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: expected a size, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{what}: must not be negative")
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m:
-            return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ConfigError(f"{what}: expected a size such as 4096, \"512M\" or \"4G\", got {value!r}")
+    if not isinstance(value, (int, str)):
+        raise ConfigError(f'{what}: expected a size such as 4096, "512M" or "4G", got {value!r}')
+    try:
+        return units.parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 def load_config(path: str | Path) -> ServeConfig:
@@ -122,7 +127,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> ServeConfig:
     if not cfg.interfaces:
         named = sorted({n for e in cfg.exports for n in (e.interfaces or [])})
         if not named:
-            raise ConfigError("no interfaces: set interfaces = [\"eth0\"]")
+            raise ConfigError('no interfaces: set interfaces = ["eth0"]')
         cfg.interfaces = [InterfaceSpec(n, default_mtu) for n in named]
     return cfg
 
@@ -144,14 +149,18 @@ def _parse_export(ex: dict[str, Any], i: int, base: Path | None) -> ExportSpec:
             raise ConfigError(f"{where}.address: {exc}") from None
     elif "shelf" in ex and "slot" in ex:
         shelf, slot = ex["shelf"], ex["slot"]
-        if not (isinstance(shelf, int) and isinstance(slot, int)
-                and 0 <= shelf <= 0xFFFE and 0 <= slot <= 0xFE):
+        if not (
+            isinstance(shelf, int)
+            and isinstance(slot, int)
+            and 0 <= shelf <= 0xFFFE
+            and 0 <= slot <= 0xFE
+        ):
             raise ConfigError(f"{where}: shelf must be 0-65534 and slot 0-254")
     else:
-        raise ConfigError(f"{where}: needs address = \"SHELF.SLOT\"")
+        raise ConfigError(f'{where}: needs address = "SHELF.SLOT"')
     path = ex.get("path", ex.get("file"))
     if not isinstance(path, str) or not path:
-        raise ConfigError(f"{where}: needs path = \"/path/to/image-or-device\"")
+        raise ConfigError(f'{where}: needs path = "/path/to/image-or-device"')
     where = f"export e{shelf}.{slot}"
     for flag in ("read_only", "direct", "sync"):
         if flag in ex and not isinstance(ex[flag], bool):
