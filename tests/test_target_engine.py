@@ -556,6 +556,59 @@ def test_burst_keeps_request_order_around_writes(engine: Engine, image: Path) ->
     assert bytes(views[2][36 : out[2]]) == new
 
 
+def test_burst_of_adjacent_writes_is_one_pwritev(engine: Engine, image: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.pwritev
+
+    def counting(fd: int, bufs: list[memoryview], pos: int) -> int:
+        calls.append(len(bufs))
+        return real(fd, bufs, pos)
+
+    monkeypatch.setattr(os, "pwritev", counting)
+    data = os.urandom(8 * 1024)
+    frames = [ata(AtaOpcode.WRITE_SECTORS_EXT, 40 + 2 * i, 2, data[i * 1024:(i + 1) * 1024],
+                  tag=i) for i in range(8)]
+    out, views = burst(engine, frames)
+    assert calls == [8]
+    assert out == [60] * 8
+    assert image.read_bytes()[40 * 512 : 56 * 512] == data
+    for i, v in enumerate(views):
+        f = decode(bytes(v[:60]))
+        assert f.tag == i and f.dst == INIT and f.is_response and ata_status(f) == (
+            AtaStatus.DRDY, 0)
+        assert bytes(v[36:60]) == bytes(24)  # the reply does not echo the data
+    assert engine.counters.writes == 8 and engine.counters.bytes_written == 8 * 1024
+
+
+def test_burst_write_failure_hits_only_the_frames_that_fail(
+        engine: Engine, export: Export, image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(fd: int, bufs: list[memoryview], pos: int) -> int:
+        raise OSError(5, "I/O error")
+
+    real_write = Export.write_from
+
+    def flaky(self: Export, view: memoryview, pos: int) -> int:
+        if pos == 62 * 512:
+            raise OSError(5, "I/O error")
+        return real_write(self, view, pos)
+
+    monkeypatch.setattr(os, "pwritev", broken)
+    monkeypatch.setattr(Export, "write_from", flaky)
+    data = os.urandom(4 * 1024)
+    frames = [ata(AtaOpcode.WRITE_SECTORS_EXT, 60 + 2 * i, 2, data[i * 1024:(i + 1) * 1024],
+                  tag=i) for i in range(4)]
+    out, views = burst(engine, frames)
+    assert out == [60] * 4
+    statuses = [ata_status(decode(bytes(v[:60]))) for v in views]
+    assert statuses[1] == (AtaStatus.DRDY | AtaStatus.ERR, AtaErrorBits.UNC | AtaErrorBits.ABRT)
+    assert statuses[0] == statuses[2] == statuses[3] == (AtaStatus.DRDY, 0)
+    content = image.read_bytes()
+    assert content[60 * 512 : 62 * 512] == data[:1024]
+    assert content[64 * 512 : 68 * 512] == data[2048:]
+    assert engine.counters.writes == 3 and engine.counters.errors["ata_io"] == 1
+
+
 def test_burst_leaves_other_frames_to_the_general_path(engine: Engine) -> None:
     frames = [ata(AtaOpcode.READ_SECTORS_EXT, 0, 1, tag=1), config(ConfigCommand.READ),
               ata(AtaOpcode.READ_SECTORS_EXT, 0, 1, shelf=0xFFFF), b"short",

@@ -38,6 +38,7 @@ from .errors import MtuMismatchError
 from .ports import check_root, open_ports, resolve_interfaces
 
 RECV_SIZE = 65536
+RESEND_INTERVAL = 0.25  # seconds between Query Configs while collecting answers
 
 
 @dataclass
@@ -156,54 +157,63 @@ def query_config(
 
     ``target`` directs the query at one shelf.slot. Collection runs for ``timeout``
     seconds, or stops ``settle`` seconds after the last new path once any answer came.
+    The query is sent again every RESEND_INTERVAL while collecting (each time with its
+    own tag, for the RTT), so one lost frame on a lossy link does not hide a target.
     """
     shelf, slot = target if target is not None else (BROADCAST_SHELF, BROADCAST_SLOT)
-    tag = int.from_bytes(os.urandom(4), "big") | 0x80000000  # high bit: not an I/O tag
-    sent: dict[str, float] = {}
-    for port in ports:
-        port.send(_query_frame(port, shelf, slot, tag))
-        sent[port.ifname] = time.monotonic()
+    first_tag = int.from_bytes(os.urandom(4), "big")
+    sent: dict[tuple[int, str], float] = {}  # (tag, ifname) -> when the query went out
     found: dict[tuple[int, int], TargetInfo] = {}
     seen: set[tuple[str, bytes, int, int]] = set()
     end = time.monotonic() + timeout
-    deadline = [end]
-    for port, frame, now in _receive(ports, deadline):
-        body = frame.body
-        if frame.command != Command.QUERY_CONFIG or frame.tag != tag or frame.is_error:
-            continue
-        if not isinstance(body, ConfigBody):
-            continue
-        if target is not None and (frame.shelf, frame.slot) != target:
-            continue
-        key = (port.ifname, frame.src, frame.shelf, frame.slot)
-        if key in seen:
-            continue
-        seen.add(key)
-        info = found.get((frame.shelf, frame.slot))
-        if info is None:
-            info = TargetInfo(
-                frame.shelf,
-                frame.slot,
-                buffer_count=body.buffer_count,
-                firmware_version=body.firmware,
-                max_sectors=body.sector_count,
-                aoe_version=body.aoe_version,
-                config=body.config,
+    stop = end
+    attempt = 0
+    while time.monotonic() < stop:
+        tag = ((first_tag + attempt) & 0xFFFFFFFF) | 0x80000000  # high bit: not an I/O tag
+        attempt += 1
+        for port in ports:
+            port.send(_query_frame(port, shelf, slot, tag))
+            sent[(tag, port.ifname)] = time.monotonic()
+        deadline = [min(stop, time.monotonic() + RESEND_INTERVAL)]
+        for port, frame, now in _receive(ports, deadline):
+            body = frame.body
+            asked = sent.get((frame.tag, port.ifname))
+            if frame.command != Command.QUERY_CONFIG or asked is None or frame.is_error:
+                continue
+            if not isinstance(body, ConfigBody):
+                continue
+            if target is not None and (frame.shelf, frame.slot) != target:
+                continue
+            key = (port.ifname, frame.src, frame.shelf, frame.slot)
+            if key in seen:
+                continue
+            seen.add(key)
+            info = found.get((frame.shelf, frame.slot))
+            if info is None:
+                info = TargetInfo(
+                    frame.shelf,
+                    frame.slot,
+                    buffer_count=body.buffer_count,
+                    firmware_version=body.firmware,
+                    max_sectors=body.sector_count,
+                    aoe_version=body.aoe_version,
+                    config=body.config,
+                )
+                found[(frame.shelf, frame.slot)] = info
+            info.paths.append(
+                PathInfo(
+                    port.ifname,
+                    format_mac(port.mac),
+                    format_mac(frame.src),
+                    port.mtu,
+                    body.buffer_count,
+                    body.sector_count,
+                    now - asked,
+                )
             )
-            found[(frame.shelf, frame.slot)] = info
-        info.paths.append(
-            PathInfo(
-                port.ifname,
-                format_mac(port.mac),
-                format_mac(frame.src),
-                port.mtu,
-                body.buffer_count,
-                body.sector_count,
-                now - sent[port.ifname],
-            )
-        )
-        if settle is not None:
-            deadline[0] = min(end, now + settle)
+            if settle is not None:
+                stop = min(end, now + settle)
+                deadline[0] = min(deadline[0], stop)
     return sorted(found.values(), key=lambda t: (t.shelf, t.slot))
 
 
