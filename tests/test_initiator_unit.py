@@ -152,7 +152,7 @@ def test_copy_in_range_and_verify_failure() -> None:
 
     class Liar(MemoryDisk):
         def write(self, offset: int, data: bytes) -> None:
-            super().write(offset, data[:-1] + b"?")
+            super().write(offset, bytes(data[:-1]) + b"?")
 
     with pytest.raises(VerifyError, match="verify failed"):
         copy_to_disk(Liar(bytes(4096)), io.BytesIO(b"x" * 4096), verify=True)

@@ -29,11 +29,14 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 class BlockDevice(Protocol):
+    """What the copy needs of a disk. ``write`` gets a view of a buffer that is reused
+    once it returns; a disk with ``readinto(offset, buf)`` is read without a copy."""
+
     size: int
 
     def read(self, offset: int, length: int) -> bytes: ...
 
-    def write(self, offset: int, data: bytes) -> None: ...
+    def write(self, offset: int, data: bytes | memoryview) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -169,6 +172,22 @@ def _read_full(src: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _read_into(src: BinaryIO, view: memoryview) -> memoryview:
+    """Fill ``view`` from ``src`` (short only at end of input); the filled part."""
+    readinto = getattr(src, "readinto", None)
+    if readinto is None:
+        data = _read_full(src, len(view))
+        view[: len(data)] = data
+        return view[: len(data)]
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return view[:got]
+
+
 def copy_to_disk(
     disk: BlockDevice,
     src: BinaryIO,
@@ -192,28 +211,33 @@ def copy_to_disk(
     digest = hashlib.sha256() if verify else None
     t0 = time.perf_counter()
     done = 0
+    # DEPTH writes in flight plus the chunk being read: buffers used in turn.
+    free = deque(bytearray(max(1, min(chunk, limit))) for _ in range(DEPTH + 1))
     with ThreadPoolExecutor(DEPTH, thread_name_prefix="aoe-copy") as pool:
-        queue: deque[tuple[Future[None], int]] = deque()
+        queue: deque[tuple[Future[None], int, bytearray]] = deque()
         pos = offset
         while True:
             want = min(chunk, limit - (pos - offset))
-            data = _read_full(src, want) if want > 0 else b""
+            buf = free.popleft()
+            data = _read_into(src, memoryview(buf)[:want]) if want > 0 else memoryview(b"")
             if not data:
+                free.append(buf)
                 break
             if digest is not None:
                 digest.update(data)
-            queue.append((pool.submit(disk.write, pos, data), len(data)))
+            queue.append((pool.submit(disk.write, pos, data), len(data), buf))
             pos += len(data)
             while len(queue) >= DEPTH or (queue and queue[0][0].done()):
-                fut, n = queue.popleft()
+                fut, n, done_buf = queue.popleft()
                 fut.result()
+                free.append(done_buf)
                 done += n
                 if progress is not None:
                     progress(done, length if length is not None else done)
             if length is None and want > 0 and len(data) < want:
                 break
         while queue:
-            fut, n = queue.popleft()
+            fut, n, done_buf = queue.popleft()
             fut.result()
             done += n
             if progress is not None:
@@ -239,15 +263,37 @@ def _verify_disk(disk: BlockDevice, offset: int, total: int, expected: str, chun
         )
 
 
-def _disk_chunks(disk: BlockDevice, offset: int, total: int, chunk: int) -> Iterator[bytes]:
-    """The disk's bytes in order, ``chunk`` at a time, with DEPTH reads in flight."""
+def _disk_chunks(disk: BlockDevice, offset: int, total: int,
+                 chunk: int) -> Iterator[bytes | memoryview]:
+    """The disk's bytes in order, ``chunk`` at a time, with DEPTH reads in flight.
+
+    A disk with ``readinto`` (AoeDisk) reads into DEPTH + 1 buffers used in turn: no
+    allocation and no copy per chunk. A yielded view is valid until the next one is asked
+    for.
+    """
+    readinto = getattr(disk, "readinto", None)
     with ThreadPoolExecutor(DEPTH, thread_name_prefix="aoe-read") as pool:
-        queue: deque[Future[bytes]] = deque()
         pos = offset
         end = offset + total
-        while pos < end or queue:
-            while pos < end and len(queue) < DEPTH:
+        if readinto is None:
+            queue: deque[Future[bytes]] = deque()
+            while pos < end or queue:
+                while pos < end and len(queue) < DEPTH:
+                    n = min(chunk, end - pos)
+                    queue.append(pool.submit(disk.read, pos, n))
+                    pos += n
+                yield queue.popleft().result()
+            return
+        free = deque(bytearray(min(chunk, total)) for _ in range(DEPTH + 1))
+        inflight: deque[tuple[Future[int], memoryview, bytearray]] = deque()
+        while pos < end or inflight:
+            while pos < end and len(inflight) < DEPTH:
                 n = min(chunk, end - pos)
-                queue.append(pool.submit(disk.read, pos, n))
+                buf = free.popleft()
+                view = memoryview(buf)[:n]
+                inflight.append((pool.submit(readinto, pos, view), view, buf))
                 pos += n
-            yield queue.popleft().result()
+            fut, view, buf = inflight.popleft()
+            fut.result()
+            yield view
+            free.append(buf)  # the consumer is done with it once it asks for more

@@ -25,6 +25,11 @@ MAX_SLACK = 1023
 # lowest + 2 ms): beyond that, more frames in flight only queue up at the target (or at a
 # shaper) and make the RTT, and so the retransmit timer, jittery, with no more throughput.
 QUEUE_FACTOR = 4
+# Frames in flight per path unless the caller says otherwise: 1.1 MB of jumbo frames, a
+# 10 GbE link's worth for 0.9 ms of round trip, and plenty to fill every batched system
+# call. More only waits in queues, where a stalled process lets the whole window outlive
+# its retransmission timer (measured: spurious resends, see docs/performance.md).
+MAX_WINDOW = 128
 QUEUE_ALLOWANCE = 0.002
 # Everything before the tag of a request: dst, src, EtherType, ver/flags, error, shelf,
 # slot, command. Built once per path.

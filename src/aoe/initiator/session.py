@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from ..net.mmsg import FrameBatch
+from ..net.mmsg import FrameBatch, GatherBatch, buffer_address
 from ..net.rawsock import RawSocket
 from ..protocol import (
     SECTOR_SIZE,
@@ -60,7 +60,7 @@ from .errors import (
     TargetReadOnlyError,
     TargetReservedError,
 )
-from .paths import MacBudget, Path
+from .paths import MAX_WINDOW, MacBudget, Path
 
 # Per-path prefix (addresses .. command), tag, aflags, err/feature, sector count,
 # command/status, LBA low 32, LBA high 16. The tag is opaque to the target, which only
@@ -73,6 +73,8 @@ RX_OK_FLAGS = 0x18  # version 1, response, no error
 ERR_STATUS = int(AtaStatus.ERR | AtaStatus.DF)
 EXTENDED = int(AtaFlag.EXTENDED)
 BATCH = 64  # frames per recvmmsg/sendmmsg
+TX_HEAD = 64  # bytes per request header slot in the send batch
+RUN_FRAMES = 16  # frames of one request sent in a row before the next request's turn
 TAG_SEQ_MASK = 0x7FFFFF
 PATH_DOWN_AFTER = 3  # rounds of timeouts in a row with no answer at all
 MIN_QUEUED_WINDOW = 8.0  # delay alone never shrinks the window below this
@@ -97,6 +99,7 @@ class Request:
         "nodata",
         "error",
         "lock",
+        "addr",
     )
 
     def __init__(
@@ -116,6 +119,8 @@ class Request:
         self.error: InitiatorError | None = None
         self.lock = threading.Lock()
         self.lock.acquire()  # released by the I/O thread on completion
+        # Frames of a write are sent straight from the caller's buffer (no copy).
+        self.addr = buffer_address(mv) if mv is not None and self.is_write else 0
 
 
 def _check_sectors(mv: memoryview) -> None:
@@ -126,15 +131,19 @@ def _check_sectors(mv: memoryview) -> None:
 class _PortIO:
     """Batched receive and send buffers of one local port."""
 
-    __slots__ = ("port", "fd", "rx", "rxmv", "tx", "txmv")
+    __slots__ = ("port", "fd", "rx", "rxmv", "tx", "txmv", "rx_capacity")
 
     def __init__(self, port: RawSocket) -> None:
         self.port = port
         self.fd = port.fileno()
         slot = (max(port.mtu, 1500) + 14 + 63) // 64 * 64  # a whole frame at this MTU
         self.rx = FrameBatch(self.fd, BATCH, slot)
+        # Answers the socket can queue while this thread is busy: more frames in flight
+        # than that would be dropped here, not at the target.
+        self.rx_capacity = port.queue_capacity(port.mtu + 14)
         self.rxmv = memoryview(self.rx.buf)
-        self.tx = FrameBatch(self.fd, BATCH, slot)
+        # Requests: a 36-byte header slot, then (writes) the data where the caller has it.
+        self.tx = GatherBatch(self.fd, BATCH, TX_HEAD, ATA_HEADER_LEN)
         self.txmv = memoryview(self.tx.buf)
 
 
@@ -218,6 +227,8 @@ class Session:
             sectors = pinfo.frame_sectors
             if frame_sectors is not None:
                 sectors = max(1, min(sectors, frame_sectors))
+            pio = io_by_name[pinfo.ifname]
+            window = min(MAX_WINDOW if max_window is None else max_window, pio.rx_capacity)
             path = Path(
                     len(self.paths),
                     by_name[pinfo.ifname],
@@ -229,18 +240,22 @@ class Session:
                     pinfo.rtt,
                     min_rto,
                     max_rto,
-                    max_window,
+                    window,
                     now,
             )
-            pio = io_by_name[pinfo.ifname]
             path.io, path.tx, path.txmv = pio, pio.tx, pio.txmv
             self.paths.append(path)
         self._rx_ok = RX_HEADER.pack(ETHERTYPE_AOE, RX_OK_FLAGS, 0, self.shelf, self.slot, 0)
         self._tags: dict[int, _Frame] = {}
         self._incoming: deque[Request] = deque()
+        # Requests done (or failed) whose callers are woken after the next send flush: a
+        # resend queued meanwhile may still point into a write's buffer, which the caller
+        # is free to reuse once woken.
+        self._completed: list[Request] = []
         self._pending: deque[Request] = deque()
         self._seq = 0
         self._rr = 0
+        self._turn = 0  # frames cut in a row from the request at the head of _pending
         self._last_rx = now
         self._next_check = INF
         self._stats = SessionStats()
@@ -377,6 +392,8 @@ class Session:
             for pio in ios:
                 if pio.tx.queued:
                     pio.tx.flush()
+            if self._completed:
+                self._release_completed()
             wait = self._next_check
             if wait == INF:
                 events = poller.poll()
@@ -394,6 +411,12 @@ class Session:
                     self._receive(by_fd[fd], now)
             if now >= self._next_check:
                 self._check_timers(now)
+
+    def _release_completed(self) -> None:
+        done = self._completed
+        for req in done:
+            req.lock.release()
+        done.clear()
 
     def _take_incoming(self) -> None:
         incoming = self._incoming
@@ -437,6 +460,8 @@ class Session:
         path = self.paths[0]
         tags = self._tags
         seq = self._seq
+        run = self._turn
+        pack = ATA_TX.pack_into
         while pending:
             if single:
                 budget = path.budget
@@ -466,8 +491,14 @@ class Session:
             req.frames_out += 1
             if req.remaining == 0:
                 pending.popleft()
+                run = 0
             elif len(pending) > 1:
-                pending.rotate(-1)
+                # Take turns between requests, RUN_FRAMES frames at a time: adjacent
+                # sectors in a row let the target read or write them with one call.
+                run += 1
+                if run >= RUN_FRAMES:
+                    pending.rotate(-1)
+                    run = 0
             seq = (seq + 1) & TAG_SEQ_MASK
             tag = (seq << 8) | path.index
             pseq = path.pseq = path.pseq + 1
@@ -477,13 +508,29 @@ class Session:
             budget.outstanding += 1
             path.txq.append(frame)
             path.sent += 1
-            self._queue_frame(frame, path, tag)
+            # What _queue_frame does, inline on this hot path.
+            tx = path.tx
+            q = tx.queued
+            if q == BATCH:
+                tx.flush()
+                q = 0
+            lba |= req.lba_bits
+            pack(tx.buf, q * TX_HEAD, path.prefix, tag, req.aflags, 0, n, req.cmd,
+                 lba & 0xFFFFFFFF, lba >> 32)
+            if req.is_write:
+                tx.data_addrs[q] = req.addr + off
+                tx.data_lens[q] = nbytes
+            else:
+                tx.data_lens[q] = 0
+            tx.queued = q + 1
         self._seq = seq
+        self._turn = run
         if self._next_check == INF and tags:
             self._next_check = now + path.rto
 
     def _queue_frame(self, frame: _Frame, path: Path, tag: int) -> None:
-        """Write the frame into the path's send batch (sent at the next flush)."""
+        """Put the frame in the path's send batch (sent at the next flush): its header in
+        a slot, a write's data referenced where the caller's buffer holds it."""
         req = frame.req
         lba = frame.lba | req.lba_bits
         tx = path.tx
@@ -491,17 +538,14 @@ class Session:
         if q == BATCH:
             tx.flush()
             q = 0
-        base = q * tx.slot_size
-        ATA_TX.pack_into(tx.buf, base, path.prefix, tag, req.aflags, 0, frame.count, req.cmd,
-                         lba & 0xFFFFFFFF, lba >> 32)
+        ATA_TX.pack_into(tx.buf, q * TX_HEAD, path.prefix, tag, req.aflags, 0, frame.count,
+                         req.cmd, lba & 0xFFFFFFFF, lba >> 32)
         if req.is_write:
-            nbytes = frame.nbytes
-            start = base + ATA_HEADER_LEN
-            off = frame.off
-            path.txmv[start : start + nbytes] = req.mv[off : off + nbytes]  # type: ignore[index]
-            tx.queue(q, ATA_HEADER_LEN + nbytes)
+            tx.data_addrs[q] = req.addr + frame.off
+            tx.data_lens[q] = frame.nbytes
         else:
-            tx.queue(q, ATA_HEADER_LEN)
+            tx.data_lens[q] = 0
+        tx.queued = q + 1
 
     def _transmit(self, frame: _Frame, path: Path, now: float) -> None:
         """Send ``frame`` again, with a fresh tag, on ``path`` (maybe another one)."""
@@ -572,8 +616,6 @@ class Session:
                 if tx_path.io is not pio or src != tx_path.target_mac:
                     stats.wrong_source += 1
                     continue
-                if tag != frame.tag and frame.fast:
-                    self._spurious(tx_path)
                 req = frame.req
                 nbytes = frame.nbytes
                 if req.is_write or req.nodata:
@@ -584,6 +626,8 @@ class Session:
                     if not (status & ERR_STATUS and n <= ETH_MIN_FRAME):
                         stats.wrong_length += 1
                         continue
+                if tag != frame.tag and frame.fast:  # only a valid answer may widen slack
+                    self._spurious(tx_path)
                 answers += 1
                 tx_path.last_rx = now
                 if tx_path.timeouts_in_row:
@@ -604,12 +648,18 @@ class Session:
                 else:
                     rtt = path.srtt
                 cwnd = path.cwnd
-                if rtt < path.delay_target:  # grow: slow start, then +1 per window
+                # Grow: slow start, then +1 per window. Below MIN_QUEUED_WINDOW the RTT
+                # does not hold growth back: delay (or jitter) alone must not pin a window
+                # that losses have cut to 1, where every further loss waits for the RTO.
+                if rtt < path.delay_target or cwnd < MIN_QUEUED_WINDOW:
                     cwnd += 1.0 if cwnd < path.ssthresh else 1.0 / cwnd
                     path.cwnd = cwnd if cwnd < path.limit else float(path.limit)
                 elif rtt > 2.0 * path.delay_target and cwnd > MIN_QUEUED_WINDOW:
                     path.cwnd = cwnd - 1.0 / cwnd  # frames only queue up: -1 per window
-                if frame.pseq > path.high:
+                if tag == frame.tag and frame.pseq > path.high:
+                    # Only the latest transmission's answer says how far the path got: an
+                    # answer to an earlier one must not make the frames sent between the
+                    # two look overtaken (that set off a storm of spurious resends).
                     path.high = frame.pseq
                 # Forget the frame (what _finish_frame does, inline on this hot path).
                 frame.done = True
@@ -621,13 +671,19 @@ class Session:
                 path.budget.outstanding -= 1
                 req.frames_out -= 1
                 if req.frames_out == 0 and req.remaining == 0 and req.error is None:
-                    req.lock.release()
+                    self._completed.append(req)
                 txq = path.txq
                 while txq:
                     head_frame = txq[0]
                     if head_frame.done or head_frame.path is not path:
                         txq.popleft()  # answered, or moved to another path
-                    elif head_frame.pseq + path.slack < path.high:
+                    elif head_frame.pseq + path.slack < path.high or (
+                            head_frame.pseq < path.high
+                            and now - head_frame.sent > path.srtt + 4.0 * path.rttvar):
+                        # Overtaken by `slack` later answers, or overtaken at all and older
+                        # than an RTT could explain: lost. The time rule keeps recovery fast
+                        # when jitter has widened the slack beyond what a small window can
+                        # ever answer (otherwise every loss would wait for the RTO).
                         txq.popleft()
                         self._fast_retransmit(head_frame, path, now)
                     else:
@@ -772,7 +828,7 @@ class Session:
             self._pending.remove(req)
         req.remaining = 0
         req.frames_out = 0
-        req.lock.release()
+        self._completed.append(req)  # woken after the next flush (see _completed)
 
     def _check_timers(self, now: float) -> None:
         """Retransmit what is overdue, mark silent paths down, probe them, spot death."""
@@ -868,4 +924,5 @@ class Session:
             if req.error is None:
                 req.error = failure
                 req.lock.release()
+        self._release_completed()  # finished before the failure: they keep their outcome
 

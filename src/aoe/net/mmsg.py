@@ -192,6 +192,93 @@ class FrameBatch:
         return total
 
 
+class GatherBatch:
+    """A send queue whose frames are a header slot plus data anywhere in memory.
+
+    Message i sends the first ``head_lens[i]`` bytes (``head_len`` unless changed) of
+    ``head_size``-byte slot i of :attr:`buf`, followed by ``data_lens[i]``
+    bytes at address ``data_addrs[i]``, so a sender can put a request header in front of
+    the caller's own buffer without copying the payload: the kernel reads it during
+    :meth:`flush`. The caller must keep that memory alive and unchanged until then.
+    """
+
+    def __init__(self, fd: int | socket.socket, count: int = 64, head_size: int = 64,
+                 head_len: int | None = None) -> None:
+        self.fd = fd if isinstance(fd, int) else fd.fileno()
+        self.count = count
+        self.head_size = head_size
+        self.buf = bytearray(count * head_size)
+        self.addr = _address(self.buf)
+        self.hdrs = bytearray(count * _MMSGHDR_SIZE)
+        self.iovs = bytearray(count * 2 * _IOVEC_SIZE)
+        self.hdr_addr = _address(self.hdrs)
+        iov_addr = _address(self.iovs)
+        h64 = memoryview(self.hdrs).cast("Q")
+        for i in range(count):
+            base = i * _MMSGHDR_SIZE // 8
+            h64[base + _MSG_IOV // 8] = iov_addr + 2 * i * _IOVEC_SIZE
+            h64[base + _MSG_IOVLEN // 8] = 2
+        iov64 = memoryview(self.iovs).cast("Q")
+        self.head_lens = iov64[1::4]
+        self.data_addrs = iov64[2::4]
+        self.data_lens = iov64[3::4]
+        for i in range(count):
+            iov64[4 * i] = self.addr + i * head_size
+            self.head_lens[i] = head_size if head_len is None else head_len
+        self.queued = 0
+        self.send_errors = 0
+
+    def flush(self) -> int:
+        """Send every queued frame with one sendmmsg (more if the kernel takes fewer);
+        a frame the kernel refuses is counted in ``send_errors`` and skipped."""
+        total = self.queued
+        sent = 0
+        addr = self.hdr_addr
+        while sent < total:
+            n = _sendmmsg(self.fd, addr + sent * _MMSGHDR_SIZE, total - sent, 0)
+            if n > 0:
+                sent += n
+                continue
+            err = ctypes.get_errno()
+            if n < 0 and err == errno.EINTR:
+                continue
+            self.send_errors += 1
+            sent += 1
+        self.queued = 0
+        return total
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int), ("format", ctypes.c_char_p),
+                ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+_PyBUF_C_CONTIGUOUS = 0x0020 | 0x0008  # C_CONTIGUOUS implies STRIDES
+
+
+def buffer_address(obj: bytes | bytearray | memoryview) -> int:
+    """Address of the first byte of a C-contiguous buffer (read-only ones too).
+
+    The address stays valid only while ``obj`` (which pins its exporter) is alive.
+    """
+    view = _PyBuffer()
+    if _get_buffer(obj, ctypes.byref(view), _PyBUF_C_CONTIGUOUS) != 0:  # pragma: no cover
+        raise BufferError("not a contiguous buffer")
+    try:
+        return int(view.buf or 0)
+    finally:
+        _release_buffer(ctypes.byref(view))
+
+
 def send_many(fd: int, frames: list[bytes]) -> int:
     """Send a list of separate frames with one sendmmsg (used for announcements)."""
     if not frames:

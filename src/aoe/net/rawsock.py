@@ -17,6 +17,17 @@ PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
 SIOCGIFMTU = 0x8921
 SIOCGIFHWADDR = 0x8927
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+
+def frame_truesize(frame_len: int) -> int:
+    """Kernel memory one queued frame costs against a socket buffer: its data rounded up
+    to a power of two plus the socket buffer bookkeeping (an estimate on the safe side)."""
+    size = 1
+    while size < frame_len + 384:
+        size <<= 1
+    return size + 256
 
 
 class InterfaceError(OSError):
@@ -44,10 +55,11 @@ class RawSocket:
         self.sock = sock
         try:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            for opt, size in ((socket.SO_RCVBUF, rcvbuf), (socket.SO_SNDBUF, rcvbuf)):
+            for opt, force in ((socket.SO_RCVBUF, SO_RCVBUFFORCE),
+                               (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
-                    sock.setsockopt(socket.SOL_SOCKET, opt + 32, size)  # *BUFFORCE as root
+                    sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
+                    sock.setsockopt(socket.SOL_SOCKET, force, rcvbuf)  # past rmem_max: root
                 except OSError:
                     pass
             try:
@@ -64,6 +76,11 @@ class RawSocket:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def queue_capacity(self, frame_len: int) -> int:
+        """How many received frames of ``frame_len`` bytes the socket buffer holds."""
+        rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return max(1, rcvbuf // frame_truesize(frame_len))
 
     def send(self, frame: bytes | bytearray | memoryview) -> int:
         return self.sock.send(frame)
