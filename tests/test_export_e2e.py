@@ -11,15 +11,17 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from aoe.export import nbdproto as p
 from aoe.export.fuse import mounted
 from aoe.export.nbdserver import NbdServer
 from aoe.lab import Lab
 
-from .export_support import CountFlushes, random_image, run, sha256, umount_quietly
+from .export_support import CountFlushes, RawNbd, random_image, run, sha256, umount_quietly
 from .test_export_fuse import AOE, check_files, ext4_roundtrip, wait_mounted
 from .test_initiator_helpers import SHELF, SLOT, Rig, make_rig
 
@@ -127,3 +129,39 @@ def test_missing_target_is_a_clear_error(serve_rig: Rig, tmp_path: Path) -> None
                               "-i", rig.ifaces[0]], check=False, private_sysfs=False)
     assert done.returncode == 1 and "no answer from AoE target" in done.stderr
     assert "Traceback" not in done.stderr and not os.path.ismount(mp)
+
+
+def test_nbd_client_that_stops_reading_blocks_nobody(serve_rig: Rig, tmp_path: Path) -> None:
+    """Replies are sent from the AoE session's thread without waiting: a client that
+    leaves 32 MiB of replies unread holds up neither the session nor another client, and
+    gets every reply intact once it reads."""
+    rig = serve_rig
+    disk = rig.open()
+    try:
+        with NbdServer(disk, socket_path=tmp_path / "aoe.sock") as srv:
+            srv.start()
+            slow, quick = RawNbd.unix(str(srv.socket_path)), RawNbd.unix(str(srv.socket_path))
+            try:
+                for c in (slow, quick):
+                    c.greeting()
+                    assert c.go()[-1][0] == p.REP_ACK
+                chunk = 1 << 20
+                for cookie in range(32):
+                    slow.request(p.CMD_READ, cookie, cookie * chunk, chunk)
+                time.sleep(0.5)  # far more than the socket holds is now waiting
+                for cookie in range(100, 120):
+                    offset = (cookie * 7919 % 8000) * 4096
+                    quick.request(p.CMD_READ, cookie, offset, 4096)
+                    assert quick.simple_reply(4096) == (0, cookie,
+                                                        rig.data[offset : offset + 4096])
+                seen = set()
+                for _ in range(32):
+                    error, cookie, data = slow.simple_reply(chunk)
+                    assert error == 0 and data == rig.data[cookie * chunk : (cookie + 1) * chunk]
+                    seen.add(cookie)
+                assert seen == set(range(32))
+            finally:
+                slow.close()
+                quick.close()
+    finally:
+        disk.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,75 @@ def test_range_checks(small_rig: Rig) -> None:
         assert disk.readinto(4096, buf) == 8192 and bytes(buf) == small_rig.data[4096:12288]
     with pytest.raises(Exception, match="closed"):
         disk.read(0, 1)
+
+
+def test_submitted_requests_complete_through_callbacks(small_rig: Rig) -> None:
+    """The asynchronous API: many reads and writes in flight from one thread, each
+    reported once on the session's thread; unaligned ones are declined, not started."""
+    results: dict[int, BaseException | None] = {}
+    done = threading.Semaphore(0)
+
+    def report(key: int) -> Callable[[BaseException | None], None]:
+        def on_done(error: BaseException | None) -> None:
+            assert threading.current_thread() is not threading.main_thread()
+            results[key] = error
+            done.release()
+        return on_done
+
+    with small_rig.open() as disk:
+        bufs = [memoryview(bytearray(8192)) for _ in range(64)]
+        for i, buf in enumerate(bufs):
+            assert disk.submit_read(i * 8192, buf, report(i))
+        for _ in bufs:
+            assert done.acquire(timeout=10)
+        assert all(results[i] is None for i in range(64))
+        for i, buf in enumerate(bufs):
+            assert bytes(buf) == small_rig.data[i * 8192 : (i + 1) * 8192]
+        # Writes: disjoint ones all go at once; the range of one in flight stays locked.
+        payloads = [patterned(4096, seed) for seed in range(32)]
+        for i, data in enumerate(payloads):
+            assert disk.submit_write(i * 4096, memoryview(data), report(100 + i))
+        declined = 0
+        for i in range(32):  # a write overlapping one still in flight is declined
+            if not disk.submit_write(i * 4096 + 512, memoryview(payloads[i][:512]),
+                                     report(200 + i)):
+                declined += 1
+        started = 32 - declined
+        for _ in range(32 + started):
+            assert done.acquire(timeout=10)
+        assert all(results[100 + i] is None for i in range(32))
+        assert len(results) == 64 + 32 + started
+        for i in range(32):  # the same bytes either way: only completion order differs
+            payloads[i] = payloads[i][:512] + payloads[i][:512] + payloads[i][1024:] \
+                if 200 + i in results else payloads[i]
+        with disk._locks.hold(300, 308):  # as a read-modify-write in progress does
+            assert not disk.submit_write(300 * 512, memoryview(bytes(4096)), report(1002))
+            assert disk.submit_write(308 * 512, memoryview(bytes(4096)), report(1003))
+            assert done.acquire(timeout=10) and results[1003] is None
+        assert not disk.submit_read(1, memoryview(bytearray(512)), report(1000))
+        assert not disk.submit_write(0, memoryview(bytes(100)), report(1001))
+        assert not {1000, 1001, 1002} & set(results)
+        disk.flush()
+        assert disk.read(0, 32 * 4096) == b"".join(payloads)
+    assert small_rig.image_now()[: 32 * 4096] == b"".join(payloads)
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_submitted_write_to_read_only_target_reports_the_error(lab: Lab, tmp_path: Path,
+                                                               kind: str) -> None:
+    rig = make_rig(lab, kind, tmp_path, size=1 << 20, extra=("-r",))
+    outcome: list[BaseException | None] = []
+    ended = threading.Event()
+
+    def on_done(error: BaseException | None) -> None:
+        outcome.append(error)
+        ended.set()
+
+    with rig.open() as disk:
+        assert disk.submit_write(4096, memoryview(b"w" * 4096), on_done)
+        assert ended.wait(10)
+        assert isinstance(outcome[0], TargetReadOnlyError)
+        assert disk.read_only  # learnt, as with a waiting write
+        with pytest.raises(TargetReadOnlyError):
+            disk.submit_write(0, memoryview(bytes(512)), on_done)
+    assert rig.image_now() == rig.data

@@ -34,6 +34,9 @@ MERGE_MAX = 4 << 20  # a run of contiguous reads or writes is one device call up
 MAX_QUEUED = 32  # requests of one connection read ahead of their execution
 REUSED_BUFFER_MAX = 4 << 20  # read buffers up to this size are kept per worker thread
 DEFAULT_WORKERS = 2  # device calls at once per connection: more only add GIL contention
+SEND_BUFFER = 8 << 20  # per connection: several whole replies fit without a sender thread
+SO_SNDBUFFORCE = 32
+ASYNC_MAX = 4 << 20  # larger reads and writes go through the workers (one device call)
 
 
 Reply = bytes | bytearray | memoryview
@@ -156,16 +159,21 @@ class Connection:
     def __init__(self, sock: socket.socket, export: Export, *, handshake: bool = True,
                  workers: int = DEFAULT_WORKERS, pool: WorkQueue | None = None) -> None:
         self.sock = sock
+        _widen_send_buffer(sock)
         self.export = export
         self.handshake = handshake
         self.structured = False
         self._rfile = cast(BinaryIO, sock.makefile("rb", buffering=256 << 10))
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Condition()
+        self._spill: deque[list[memoryview]] = deque()  # replies the socket did not take
+        self._sender: threading.Thread | None = None
+        self._closed_send = False
+        self._spilled = self._drained = 0  # replies handed to the sender thread, and sent
         self._workers = workers
         self._pool = pool  # shared with the server's other connections, or our own
-        self._slots = threading.BoundedSemaphore(MAX_QUEUED)
         self._pending = 0  # requests taken in and not yet answered
-        self._idle = threading.Condition()
+        self._idle = threading.Condition()  # guards _pending and _waiting
+        self._waiting = False  # the reader waits for _pending to go down
         self._dev = export.dev
         self._local = threading.local()
 
@@ -177,16 +185,69 @@ class Connection:
             raise EOFError("client closed the connection")
         return data
 
-    def _send(self, *parts: Reply) -> None:
+    def _send(self, *parts: Reply, wait: bool = True) -> None:
+        """Send one reply whole. Without ``wait`` the caller never blocks: what the socket
+        does not take at once waits, in order, for this connection's sender thread (replies
+        sent from the AoE session's I/O thread must not wait for a slow client). With
+        ``wait`` the call returns once the reply has left, so its buffers may be reused."""
         views = [memoryview(x) for x in parts if x]
         with self._send_lock:
-            while views:
-                sent = self.sock.sendmsg(views)
-                while views and sent >= len(views[0]):
-                    sent -= len(views[0])
-                    views.pop(0)
-                if views and sent:
-                    views[0] = views[0][sent:]
+            if self._closed_send:
+                raise BrokenPipeError("connection closed")
+            if not self._spill:
+                try:
+                    views = _send_some(self.sock, views, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
+                if not views:
+                    return
+            self._spill.append(views)
+            self._spilled += 1
+            ticket = self._spilled
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._drain_spill, daemon=True,
+                                                name="nbd-sender")
+                self._sender.start()
+            self._send_lock.notify_all()
+            while wait and self._drained < ticket:
+                if self._closed_send:
+                    raise BrokenPipeError("connection closed")
+                self._send_lock.wait()
+
+    def _drain_spill(self) -> None:
+        """Send what :meth:`_send` could not, blocking as long as the client needs."""
+        while True:
+            with self._send_lock:
+                while not self._spill and not self._closed_send:
+                    self._send_lock.wait()
+                if not self._spill:
+                    return
+                views = self._spill[0]
+            try:
+                while views:
+                    views = _send_some(self.sock, views, 0)
+            except OSError as exc:
+                log.debug("reply failed: %s", exc)
+                with self._send_lock:
+                    self._closed_send = True
+                    self._spill.clear()
+                    self._send_lock.notify_all()
+                _shutdown(self.sock)
+                return
+            with self._send_lock:
+                self._spill.popleft()
+                self._drained += 1
+                self._send_lock.notify_all()
+
+    def _flush_replies(self) -> None:
+        """Wait until every queued reply left, then stop the sender thread."""
+        with self._send_lock:
+            while self._spill and not self._closed_send:
+                self._send_lock.wait()
+            self._closed_send = True
+            self._send_lock.notify_all()
+        if self._sender is not None and self._sender is not threading.current_thread():
+            self._sender.join()
 
     # -- session ---------------------------------------------------------------------
 
@@ -203,10 +264,8 @@ class Connection:
         except OSError as exc:
             log.debug("connection error: %s", exc)
         finally:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._flush_replies()
+            _shutdown(self.sock)
             self._rfile.close()
             self.sock.close()
 
@@ -281,8 +340,10 @@ class Connection:
     # -- transmission ----------------------------------------------------------------
 
     def _transmit(self) -> None:
-        """Read requests here; the work queue's threads execute them (merging runs of
-        contiguous reads or writes into one device call) and send the replies."""
+        """Read requests here. Plain aligned reads and writes go straight to a device that
+        completes them itself (an AoE disk answers from its session's I/O thread); the
+        work queue's threads execute the rest (merging runs of contiguous reads or writes
+        into one device call) and send the replies."""
         pool = self._pool or WorkQueue(self._workers)
         try:
             while True:
@@ -295,16 +356,66 @@ class Connection:
                     if req.length > MAX_PAYLOAD:
                         raise p.ProtocolError(f"write of {req.length} bytes")
                     payload = self._recv(req.length)  # read(n) fills one new bytes object
-                self._slots.acquire()
                 with self._idle:
+                    while self._pending >= MAX_QUEUED:
+                        self._waiting = True
+                        self._idle.wait()
                     self._pending += 1
-                pool.put(self, req, payload)
+                if not self._submit(req, payload):
+                    pool.put(self, req, payload)
         finally:
             with self._idle:  # answer everything taken in before the socket closes
                 while self._pending:
+                    self._waiting = True
                     self._idle.wait()
             if pool is not self._pool:
                 pool.close()
+
+    def _submit(self, req: p.Request, payload: bytes) -> bool:
+        """Hand a plain aligned read or write straight to a device that completes requests
+        on its own thread (an AoE disk): no worker waits, and the reply is sent from the
+        completion. False leaves the request to the workers."""
+        kind = self.merge_kind(req)
+        if kind is None or req.length > ASYNC_MAX or (kind == p.CMD_WRITE and req.flags):
+            return False
+        if kind == p.CMD_READ:
+            submit = getattr(self._dev, "submit_read", None)
+            if submit is None:
+                return False
+            data = memoryview(bytearray(req.length))
+        else:
+            submit = getattr(self._dev, "submit_write", None)
+            if submit is None:
+                return False
+            data = memoryview(payload)
+
+        def done(exc: BaseException | None) -> None:
+            try:
+                if exc is None:
+                    parts = self._reply_parts(req, 0, data if kind == p.CMD_READ else b"")
+                else:
+                    log.warning("%s at %d+%d failed: %s", p.CMD_NAMES.get(req.command),
+                                req.offset, req.length, exc)
+                    parts = self._reply_parts(req, p.error_from_exception(exc), b"")
+                self._send(*parts, wait=False)  # the buffer is this request's own
+            except OSError as err:  # the client went away: wake the reader
+                log.debug("reply failed: %s", err)
+                _shutdown(self.sock)
+            finally:
+                self._answered(1)
+
+        try:
+            return bool(submit(req.offset, data, done))
+        except Exception as exc:  # refused at once (closed, dead, read-only): answer it
+            done(exc)
+            return True
+
+    def _answered(self, count: int) -> None:
+        with self._idle:
+            self._pending -= count
+            if self._waiting:  # only then is a wake-up worth its cost
+                self._waiting = False
+                self._idle.notify_all()
 
     def queued(self) -> int:
         """Requests of this connection taken in and not yet answered."""
@@ -319,16 +430,9 @@ class Connection:
                 self._serve_merged(batch)
         except OSError as exc:  # the client went away: wake the reader
             log.debug("reply failed: %s", exc)
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(self.sock)
         finally:
-            for _ in batch:
-                self._slots.release()
-            with self._idle:
-                self._pending -= len(batch)
-                self._idle.notify_all()
+            self._answered(len(batch))
 
     def merge_kind(self, req: p.Request) -> int | None:
         """READ or WRITE for a request that may share a device call, else None (it is
@@ -589,6 +693,35 @@ class NbdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _send_some(sock: socket.socket, views: list[memoryview], flags: int) -> list[memoryview]:
+    """One sendmsg of ``views``; what is left of them."""
+    sent = sock.sendmsg(views, [], flags)
+    while views and sent >= len(views[0]):
+        sent -= len(views[0])
+        views.pop(0)
+    if views and sent:
+        views[0] = views[0][sent:]
+    return views
+
+
+def _widen_send_buffer(sock: socket.socket) -> None:
+    """Room for a few large replies in the socket, so that replies sent without waiting
+    rarely need the sender thread (root may exceed the system's wmem_max)."""
+    for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+            return
+        except OSError:
+            continue
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -10,7 +10,7 @@ Any number of threads may call at once; their requests share one window per path
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
@@ -19,7 +19,7 @@ from ..protocol.ata import LBA28_MAX_SECTORS
 from .discovery import TargetInfo, query_config, require_frame_size
 from .errors import DiskClosedError, InitiatorError, NoTargetError, TargetReadOnlyError
 from .ports import check_root, open_ports, resolve_interfaces
-from .session import Session, SessionStats
+from .session import Request, Session, SessionStats
 
 Buffer = bytes | bytearray | memoryview
 
@@ -41,9 +41,21 @@ class _RangeLock:
         try:
             yield
         finally:
-            with self._cond:
-                self._held.remove(span)
-                self._cond.notify_all()
+            self.give_back(span)
+
+    def try_take(self, start: int, end: int) -> tuple[int, int] | None:
+        """Lock the range if nothing overlapping is held (never waits); the held span."""
+        with self._cond:
+            if any(s < end and start < e for s, e in self._held):
+                return None
+            span = (start, end)
+            self._held.append(span)
+            return span
+
+    def give_back(self, span: tuple[int, int]) -> None:
+        with self._cond:
+            self._held.remove(span)
+            self._cond.notify_all()
 
 
 class AoeDisk:
@@ -174,6 +186,48 @@ class AoeDisk:
             except TargetReadOnlyError:
                 self._read_only = True
                 raise
+
+    # --- asynchronous: for servers that answer from the session's I/O thread --------------
+    def submit_read(self, offset: int, buf: memoryview,
+                    on_done: Callable[[BaseException | None], None]) -> bool:
+        """Start filling ``buf`` from ``offset`` without waiting; ``on_done(error)`` is
+        called on the session's I/O thread when it ends. Only sector-aligned requests go
+        this way: False (nothing started) asks the caller to use :meth:`readinto`."""
+        length = len(buf)
+        self._span(offset, length)
+        if not length or offset % SECTOR_SIZE or length % SECTOR_SIZE:
+            return False
+        self._session.submit_read(offset // SECTOR_SIZE, buf,
+                                  lambda req: on_done(req.error))
+        return True
+
+    def submit_write(self, offset: int, data: memoryview,
+                     on_done: Callable[[BaseException | None], None]) -> bool:
+        """Start writing sector-aligned ``data`` at ``offset`` without waiting (``data``
+        must stay unchanged until ``on_done(error)``). False, with nothing started, when
+        the request is not aligned or overlaps a write in progress: use :meth:`write`."""
+        length = len(data)
+        first, last = self._span(offset, length)
+        if self._read_only:
+            raise TargetReadOnlyError(f"target {self.info.address} is open read-only")
+        if not length or offset % SECTOR_SIZE or length % SECTOR_SIZE:
+            return False
+        span = self._locks.try_take(first, last)
+        if span is None:
+            return False
+
+        def finished(req: Request) -> None:
+            self._locks.give_back(span)
+            if isinstance(req.error, TargetReadOnlyError):
+                self._read_only = True
+            on_done(req.error)
+
+        try:
+            self._session.submit_write(first, data, finished)
+        except BaseException:
+            self._locks.give_back(span)
+            raise
+        return True
 
     def flush(self) -> None:
         """Ask the target to commit acknowledged writes to stable storage."""

@@ -24,13 +24,14 @@ Window and RTT arithmetic lives in paths.py; the growth step is inlined in _rece
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 from ..net.mmsg import FrameBatch, GatherBatch, buffer_address
@@ -61,6 +62,8 @@ from .errors import (
     TargetReservedError,
 )
 from .paths import MAX_WINDOW, MacBudget, Path
+
+log = logging.getLogger("aoe.initiator")
 
 # Per-path prefix (addresses .. command), tag, aflags, err/feature, sector count,
 # command/status, LBA low 32, LBA high 16. The tag is opaque to the target, which only
@@ -100,10 +103,27 @@ class Request:
         "error",
         "lock",
         "addr",
+        "on_done",
     )
 
+    def finish(self) -> None:
+        """Tell whoever waits that the request is over (its ``error`` says how)."""
+        if self.on_done is None:
+            self.lock.release()  # type: ignore[union-attr]
+            return
+        try:
+            self.on_done(self)
+        except Exception:  # a caller's callback must never stop the I/O thread
+            log.exception("completion callback failed")
+
     def __init__(
-        self, cmd: int, aflags: int, lba: int, sectors: int, mv: memoryview | None
+        self,
+        cmd: int,
+        aflags: int,
+        lba: int,
+        sectors: int,
+        mv: memoryview | None,
+        on_done: Callable[[Request], None] | None = None,
     ) -> None:
         self.cmd = int(cmd)
         self.aflags = aflags = int(aflags)
@@ -117,8 +137,13 @@ class Request:
         self.remaining = 1 if mv is None else sectors  # a flush is one pseudo-sector
         self.frames_out = 0
         self.error: InitiatorError | None = None
-        self.lock = threading.Lock()
-        self.lock.acquire()  # released by the I/O thread on completion
+        # Completion: a waiting caller's lock, released by the I/O thread, or (for
+        # submit) a callback that the I/O thread calls instead.
+        self.on_done = on_done
+        self.lock: threading.Lock | None = None
+        if on_done is None:
+            self.lock = threading.Lock()
+            self.lock.acquire()
         # Frames of a write are sent straight from the caller's buffer (no copy).
         self.addr = buffer_address(mv) if mv is not None and self.is_write else 0
 
@@ -305,6 +330,16 @@ class Session:
 
     def execute(self, req: Request) -> None:
         """Queue ``req`` for the I/O thread and wait for it; raise its error if it failed."""
+        self.submit(req)
+        req.lock.acquire()  # type: ignore[union-attr]
+        if req.error is not None:
+            raise req.error
+
+    def submit(self, req: Request) -> None:
+        """Queue ``req`` for the I/O thread and return at once. A request built with
+        ``on_done`` has it called on the I/O thread when it ends (``req.error`` is None on
+        success), so a server can answer its client without a thread of its own waiting;
+        the callback must be quick and must not block on the session."""
         with self._lock:
             if self._failure is not None:
                 raise self._failure
@@ -312,30 +347,43 @@ class Session:
                 raise DiskClosedError(f"AoE session {self.address} is closed")
             self._incoming.append(req)
             os.eventfd_write(self._wake, 1)
-        req.lock.acquire()
-        if req.error is not None:
-            raise req.error
+
+    def submit_read(self, lba: int, mv: memoryview,
+                    on_done: Callable[[Request], None]) -> Request:
+        """Start reading ``len(mv) // 512`` sectors from ``lba``; ``on_done`` reports."""
+        _check_sectors(mv)
+        req = Request(*self._read_op(), lba, len(mv) // SECTOR_SIZE, mv, on_done)
+        self.submit(req)
+        return req
+
+    def submit_write(self, lba: int, mv: memoryview,
+                     on_done: Callable[[Request], None]) -> Request:
+        """Start writing the sectors in ``mv`` at ``lba``; ``on_done`` reports. ``mv``
+        must stay unchanged until then: frames are sent straight from it."""
+        _check_sectors(mv)
+        req = Request(*self._write_op(), lba, len(mv) // SECTOR_SIZE, mv, on_done)
+        self.submit(req)
+        return req
+
+    def _read_op(self) -> tuple[int, int]:
+        if self.lba48:
+            return AtaOpcode.READ_SECTORS_EXT, AtaFlag.EXTENDED
+        return AtaOpcode.READ_SECTORS, 0
+
+    def _write_op(self) -> tuple[int, int]:
+        if self.lba48:
+            return AtaOpcode.WRITE_SECTORS_EXT, AtaFlag.EXTENDED | AtaFlag.WRITE
+        return AtaOpcode.WRITE_SECTORS, AtaFlag.WRITE
 
     def read_into(self, lba: int, mv: memoryview) -> None:
         """Read ``len(mv) // 512`` sectors from ``lba`` into ``mv``."""
         _check_sectors(mv)
-        if self.lba48:
-            req = Request(AtaOpcode.READ_SECTORS_EXT, AtaFlag.EXTENDED, lba,
-                          len(mv) // SECTOR_SIZE, mv)
-        else:
-            req = Request(AtaOpcode.READ_SECTORS, 0, lba, len(mv) // SECTOR_SIZE, mv)
-        self.execute(req)
+        self.execute(Request(*self._read_op(), lba, len(mv) // SECTOR_SIZE, mv))
 
     def write_from(self, lba: int, mv: memoryview) -> None:
         """Write the sectors in ``mv`` at ``lba``; returns once the target acknowledged all."""
         _check_sectors(mv)
-        if self.lba48:
-            req = Request(AtaOpcode.WRITE_SECTORS_EXT, AtaFlag.EXTENDED | AtaFlag.WRITE, lba,
-                          len(mv) // SECTOR_SIZE, mv)
-        else:
-            req = Request(AtaOpcode.WRITE_SECTORS, AtaFlag.WRITE, lba,
-                          len(mv) // SECTOR_SIZE, mv)
-        self.execute(req)
+        self.execute(Request(*self._write_op(), lba, len(mv) // SECTOR_SIZE, mv))
 
     def flush(self, extended: bool | None = None) -> None:
         """FLUSH CACHE (EXT): the target commits what it acknowledged to stable storage."""
@@ -415,7 +463,7 @@ class Session:
     def _release_completed(self) -> None:
         done = self._completed
         for req in done:
-            req.lock.release()
+            req.finish()
         done.clear()
 
     def _take_incoming(self) -> None:
@@ -424,7 +472,7 @@ class Session:
         while incoming:
             req = incoming.popleft()
             if req.remaining <= 0:
-                req.lock.release()
+                req.finish()
             else:
                 pending.append(req)
 
@@ -923,6 +971,6 @@ class Session:
         for req in reqs.values():
             if req.error is None:
                 req.error = failure
-                req.lock.release()
+                req.finish()
         self._release_completed()  # finished before the failure: they keep their outcome
 
