@@ -74,7 +74,23 @@ def test_link_cli_in_namespace(two_hosts: TwoHosts) -> None:
         assert res.exit_code == 0 and "eth0: up" in res.output
         for argv, needle in ((["link", "show", "nope0"], "no network interface"),
                              (["link", "mtu", "eth0", "999999"], "above the maximum"),
-                             (["link", "mtu", "eth0", "big"], "not a valid integer")):
+                             (["link", "mtu", "eth0", "big"], "not a valid integer"),
+                             (["link", "mtu", "eth0", "547"], "too small for AoE")):
             res = runner.invoke(main, argv)
             assert res.exit_code != 0 and needle in res.output
             assert "Traceback" not in res.output and not isinstance(res.exception, LinkError)
+        assert link_info("eth0").mtu == 4000  # the refused MTUs changed nothing
+        res = runner.invoke(main, ["link", "mtu", "eth0", "547", "--force"])
+        assert res.exit_code == 0 and link_info("eth0").mtu == 547
+
+
+def test_missing_interface_is_named_plainly(two_hosts: TwoHosts) -> None:
+    """Every command that opens a raw socket says the same thing about a missing one."""
+    runner = CliRunner()
+    with two_hosts.target.enter():
+        for argv in (["sniff", "nope0"], ["ping", "1.0", "-i", "nope0"],
+                     ["conformance", "nope0", "1.0"], ["fuzz", "nope0", "1.0"]):
+            res = runner.invoke(main, argv)
+            assert res.exit_code == 1, (argv, res.output)
+            assert "interface 'nope0' does not exist" in res.output, (argv, res.output)
+            assert "Errno" not in res.output and "Traceback" not in res.output

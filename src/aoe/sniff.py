@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .lab.conformance_probe import Probe, Reply, set_promiscuous
+from .net.rawsock import interface_problem
 from .protocol import (
     BROADCAST_SHELF,
     BROADCAST_SLOT,
@@ -159,7 +160,10 @@ def open_sniffer(ifname: str, promiscuous: bool = True) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _aoe_only_filter())
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        sock.bind((ifname, ETH_P_ALL))
+        try:
+            sock.bind((ifname, ETH_P_ALL))
+        except OSError as exc:
+            raise interface_problem(ifname, exc) from None
         if promiscuous:
             set_promiscuous(sock, ifname)
     except BaseException:

@@ -139,8 +139,9 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
               help="Export name (default: eSHELF.SLOT or the file name; '' always works).")
 @_disk_options
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Threads executing each client's requests (runs of contiguous "
-                   "requests are merged, so few are needed).")
+              help="Threads per client for the requests an AoE disk cannot take "
+                   "without waiting (flushes, unaligned or FUA writes, zeroing); runs of "
+                   "contiguous requests are merged, so few are needed.")
 @click.option("-d", "--daemon", is_flag=True,
               help="Detach once listening (default: stay in the foreground).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),

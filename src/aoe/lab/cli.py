@@ -15,6 +15,7 @@ from aoe.lab import registry
 from aoe.lab.cable import parse_rate, parse_time
 from aoe.lab.core import DEFAULT_PREFIX, Lab, cleanup_all, namespace_exists
 from aoe.lab.nsutil import LabError, enter_for_exec, list_netns, netns_path, thread_netns
+from aoe.protocol.constants import MIN_MTU
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -306,9 +307,16 @@ def link_up_cmd(iface: str, where: str | None) -> None:
 @click.argument("iface")
 @click.argument("mtu", type=int)
 @_netns_option
-def link_mtu_cmd(iface: str, mtu: int, where: str | None) -> None:
-    """Set an interface's MTU (checked against its maximum)."""
+@click.option("--force", is_flag=True,
+              help=f"Allow an MTU below {MIN_MTU}, which cannot carry one sector per frame.")
+def link_mtu_cmd(iface: str, mtu: int, where: str | None, force: bool) -> None:
+    """Set an interface's MTU (checked against its maximum): 9000 for jumbo frames, 17
+    sectors per AoE frame; 1500 carries 2."""
     from aoe.net.link import set_mtu
 
+    if mtu < MIN_MTU and not force:
+        raise click.BadParameter(
+            f"{mtu} is too small for AoE: one 512-byte sector and the 36-byte header need "
+            f"{MIN_MTU} (use --force to set it anyway)", param_hint="MTU")
     with _clear_errors(), _in_place(where):
         _show(set_mtu(iface, mtu), False)

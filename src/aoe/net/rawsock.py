@@ -6,6 +6,7 @@ and exposes plain send/recv plus the interface's MAC and MTU, which every user n
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import socket
 import struct
@@ -33,13 +34,24 @@ def frame_truesize(frame_len: int) -> int:
 class InterfaceError(OSError):
     """The interface is missing, down or cannot be used for AoE."""
 
+    def __str__(self) -> str:  # the message alone: it already names the cause
+        return str(self.strerror)
+
+
+def interface_problem(ifname: str, exc: OSError) -> InterfaceError:
+    """The error to report when ``ifname`` could not be used (no such device, ...)."""
+    if exc.errno == errno.ENODEV:
+        return InterfaceError(errno.ENODEV, f"interface {ifname!r} does not exist")
+    return InterfaceError(exc.errno or errno.ENODEV,
+                          f"interface {ifname!r}: {exc.strerror or exc}")
+
 
 def _ifreq(sock: socket.socket, ifname: str, request: int) -> bytes:
     req = struct.pack("16s16x", ifname.encode())
     try:
         return fcntl.ioctl(sock.fileno(), request, req)
     except OSError as exc:
-        raise InterfaceError(exc.errno, f"interface {ifname!r}: {exc.strerror}") from None
+        raise interface_problem(ifname, exc) from None
 
 
 class RawSocket:
@@ -65,7 +77,7 @@ class RawSocket:
             try:
                 sock.bind((ifname, ethertype))
             except OSError as exc:
-                raise InterfaceError(exc.errno or 19, f"interface {ifname!r}: {exc}") from None
+                raise interface_problem(ifname, exc) from None
             hwaddr = _ifreq(sock, ifname, SIOCGIFHWADDR)
             self.mac = hwaddr[18:24]
             self.hwtype = struct.unpack_from("H", hwaddr, 16)[0]  # ARPHRD_*: 1 is Ethernet

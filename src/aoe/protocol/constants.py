@@ -85,3 +85,6 @@ def max_sectors_for_mtu(mtu: int) -> int:
     keeps a safety margin and matches what deployed targets announce: 2 at 1500, 17 at 9000.
     """
     return max(0, (mtu - ATA_HEADER_LEN) // SECTOR_SIZE)
+
+
+MIN_MTU = ATA_HEADER_LEN + SECTOR_SIZE  # 548: the smallest MTU that carries one sector

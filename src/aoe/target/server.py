@@ -24,7 +24,7 @@ from types import FrameType
 from ..net import link
 from ..net.mmsg import FrameBatch
 from ..net.rawsock import InterfaceError, RawSocket
-from ..protocol.constants import ETH_MIN_FRAME, max_sectors_for_mtu
+from ..protocol.constants import ETH_MIN_FRAME, MIN_MTU, max_sectors_for_mtu
 from . import counters as ck
 from .counters import Counters
 from .engine import Engine
@@ -33,7 +33,6 @@ from .export import Export, ExportError, ExportSpec
 log = logging.getLogger("aoe.target")
 
 ARPHRD_ETHER = 1
-MIN_MTU = 548  # one sector per frame: 36 + 512
 DEFAULT_BATCH = 64
 BLOCK_TIMEOUT_US = 100_000  # how often a blocked single-interface loop checks for stop()
 _SLOT_ROUND = 64
