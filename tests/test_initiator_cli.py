@@ -28,8 +28,9 @@ def rig(lab: Lab, tmp_path: Path) -> Rig:
 
 
 def aoe(rig: Rig, *args: str, check: bool = True) -> subprocess.CompletedProcess[Any]:
-    """Run the aoe command in the initiator host (stdout and stderr are pipes)."""
-    done = rig.initiator.run([AOE_BIN, *args], check=False, timeout=60)
+    """Run the aoe command in the initiator host (stdout and stderr are pipes), in the
+    test's own folder so that relative file names land there."""
+    done = rig.initiator.run([AOE_BIN, *args], check=False, timeout=60, cwd=rig.image.parent)
     if check and done.returncode != 0:
         raise AssertionError(f"aoe {' '.join(args)} failed: {done.stderr}")
     return done
@@ -106,6 +107,19 @@ def test_error_messages(rig: Rig, tmp_path: Path, args: list[str], message: str)
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_refused_copy_leaves_the_output_file_alone(rig: Rig, tmp_path: Path) -> None:
+    """A range past the end is refused before the destination is opened for writing."""
+    out = tmp_path / "precious.img"
+    out.write_bytes(b"keep me")
+    done = aoe(rig, "copy", ADDR, str(out), "--length", "8M", check=False)
+    assert done.returncode != 0 and "past the end of the disk" in done.stderr
+    assert out.read_bytes() == b"keep me"
+    missing = tmp_path / "never.img"
+    done = aoe(rig, "copy", ADDR, str(missing), "--offset", "9M", check=False)
+    assert done.returncode != 0 and "outside the disk" in done.stderr
+    assert not missing.exists()
 
 
 def test_not_root_message(monkeypatch: pytest.MonkeyPatch) -> None:

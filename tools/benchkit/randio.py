@@ -20,7 +20,6 @@ from benchkit.report import Bar, Table, median, spread
 WHO = ("serve", "vblade", "nbdkit")
 NAMES = {**LABEL, "nbdkit": "nbdkit (TCP)"}
 IODEPTH = 32
-NBD_WORKERS = 16
 Results = dict[tuple[str, str], list[float]]  # (who, rw) -> IOPS
 
 
@@ -61,7 +60,7 @@ def _one(bench: Bench, who: str, rw: str, opts: Options, addr_t: str) -> float:
         return services.fio_iops(host, uri, rw, opts.random_seconds, bench.size, IODEPTH)
     shelf, slot = ADDRESS[who]
     with services.nbd_export(host, f"{shelf}.{slot}", bench.ifname(who, "initiator"),
-                             bench.work / f"{who}.sock", workers=NBD_WORKERS) as uri:
+                             bench.work / f"{who}.sock") as uri:
         return services.fio_iops(host, uri, rw, opts.random_seconds, bench.size, IODEPTH)
 
 
@@ -76,7 +75,7 @@ def random_table(res: Results, mtu: int, opts: Options) -> Table:
                    Bar("randwrite", NAMES[who], median(w))]
     t.notes.append(
         f"{opts.random_seconds:g} s per run over the whole image. The AoE targets are "
-        f"reached through `aoe nbd --workers {NBD_WORKERS}` (an AoeDisk behind an NBD "
-        "server on a Unix socket) so that fio can drive them; nbdkit serves an image of the "
+        "reached through `aoe nbd` with its defaults (an AoeDisk behind an NBD server on a "
+        "Unix socket) so that fio can drive them; nbdkit serves an image of the "
         "same size over TCP on the `aoe serve` cable.")
     return t

@@ -18,7 +18,7 @@ import click
 from ..cli_types import AddressType, SizeType
 from ..net.link import LinkError
 from ..protocol import parse_address
-from .copy import CopyResult, VerifyError, copy_from_disk, copy_to_disk
+from .copy import CopyResult, VerifyError, check_range, copy_from_disk, copy_to_disk
 from .discovery import TargetInfo
 from .discovery import discover as discover_targets
 from .disk import AoeDisk
@@ -277,6 +277,7 @@ def copy(
                           dead_timeout=dead_time) as disk:
             try:
                 if src_addr is not None:
+                    check_range(disk.size, offset, length)  # before the file is truncated
                     with _open_file(dest, "w+b") as out:
                         result = copy_from_disk(disk, out, offset, length, sparse=sparse,
                                                 verify=verify, progress=bar)

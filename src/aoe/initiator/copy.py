@@ -66,7 +66,9 @@ def _is_regular(f: BinaryIO) -> bool:
         return False
 
 
-def _check_range(size: int, offset: int, length: int | None) -> int:
+def check_range(size: int, offset: int, length: int | None) -> int:
+    """Bytes a copy of ``length`` (None: to the end) from ``offset`` moves on a disk of
+    ``size`` bytes; ValueError when the range does not fit."""
     if offset < 0 or offset > size:
         raise ValueError(f"offset {offset} is outside the disk ({size} bytes)")
     if length is None:
@@ -109,7 +111,7 @@ def copy_from_disk(
 ) -> CopyResult:
     """Copy ``length`` bytes of the disk from ``offset`` to ``out`` (from its current
     position, which should be 0 of a fresh file for sparse output to be exact)."""
-    total = _check_range(disk.size, offset, length)
+    total = check_range(disk.size, offset, length)
     sparse = sparse and _is_regular(out)
     digest = hashlib.sha256() if verify else None
     holes = 0
@@ -202,7 +204,7 @@ def copy_to_disk(
     then flush. Raises ValueError if it would not fit."""
     if length is None and _is_regular(src):
         length = os.fstat(src.fileno()).st_size - src.tell()
-    room = _check_range(disk.size, offset, None)
+    room = check_range(disk.size, offset, None)
     if length is not None and length > room:
         raise ValueError(
             f"{length} bytes do not fit the disk at offset {offset} ({room} bytes left)"

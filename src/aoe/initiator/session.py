@@ -106,16 +106,6 @@ class Request:
         "on_done",
     )
 
-    def finish(self) -> None:
-        """Tell whoever waits that the request is over (its ``error`` says how)."""
-        if self.on_done is None:
-            self.lock.release()  # type: ignore[union-attr]
-            return
-        try:
-            self.on_done(self)
-        except Exception:  # a caller's callback must never stop the I/O thread
-            log.exception("completion callback failed")
-
     def __init__(
         self,
         cmd: int,
@@ -146,6 +136,16 @@ class Request:
             self.lock.acquire()
         # Frames of a write are sent straight from the caller's buffer (no copy).
         self.addr = buffer_address(mv) if mv is not None and self.is_write else 0
+
+    def finish(self) -> None:
+        """Tell whoever waits that the request is over (its ``error`` says how)."""
+        if self.on_done is None:
+            self.lock.release()  # type: ignore[union-attr]
+            return
+        try:
+            self.on_done(self)
+        except Exception:  # a caller's callback must never stop the I/O thread
+            log.exception("completion callback failed")
 
 
 def _check_sectors(mv: memoryview) -> None:
