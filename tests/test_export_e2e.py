@@ -165,3 +165,33 @@ def test_nbd_client_that_stops_reading_blocks_nobody(serve_rig: Rig, tmp_path: P
                 quick.close()
     finally:
         disk.close()
+
+
+def test_nbd_requests_fail_cleanly_when_the_target_dies(serve_rig: Rig, tmp_path: Path) -> None:
+    """Requests in flight when the target goes silent, and those sent after, get EIO
+    replies (from the session's failure, through the completion path); the connection
+    and the server stay usable and close promptly."""
+    rig = serve_rig
+    disk = rig.open(dead_timeout=1.0)
+    try:
+        with NbdServer(disk, socket_path=tmp_path / "aoe.sock") as srv:
+            srv.start()
+            c = RawNbd.unix(str(srv.socket_path))
+            try:
+                c.greeting()
+                assert c.go()[-1][0] == p.REP_ACK
+                c.request(p.CMD_READ, 1, 0, 65536)
+                assert c.simple_reply(65536) == (0, 1, rig.data[:65536])
+                rig.kill_targets()
+                started = time.monotonic()
+                c.request(p.CMD_READ, 2, 1 << 20, 65536)
+                c.request(p.CMD_WRITE, 3, 2 << 20, 4096, data=b"w" * 4096)
+                replies = {c.simple_reply(65536)[:2] for _ in range(2)}
+                assert replies == {(p.EIO, 2), (p.EIO, 3)}
+                assert time.monotonic() - started < 10
+                c.request(p.CMD_READ, 4, 0, 4096)  # the session has failed: at once
+                assert c.simple_reply(4096)[:2] == (p.EIO, 4)
+            finally:
+                c.close()
+    finally:
+        disk.close()
