@@ -35,7 +35,7 @@ class _RangeLock:
     def hold(self, start: int, end: int) -> Iterator[None]:
         span = (start, end)
         with self._cond:
-            while any(s < end and start < e for s, e in self._held):
+            while not self._free(start, end):
                 self._cond.wait()
             self._held.append(span)
         try:
@@ -46,11 +46,14 @@ class _RangeLock:
     def try_take(self, start: int, end: int) -> tuple[int, int] | None:
         """Lock the range if nothing overlapping is held (never waits); the held span."""
         with self._cond:
-            if any(s < end and start < e for s, e in self._held):
+            if not self._free(start, end):
                 return None
             span = (start, end)
             self._held.append(span)
             return span
+
+    def _free(self, start: int, end: int) -> bool:
+        return not any(s < end and start < e for s, e in self._held)
 
     def give_back(self, span: tuple[int, int]) -> None:
         with self._cond:
