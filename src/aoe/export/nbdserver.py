@@ -391,13 +391,13 @@ class Connection:
 
         def done(exc: BaseException | None) -> None:
             try:
-                if exc is None:
-                    parts = self._reply_parts(req, 0, data if kind == p.CMD_READ else b"")
-                else:
+                error = 0
+                if exc is not None:
                     log.warning("%s at %d+%d failed: %s", p.CMD_NAMES.get(req.command),
                                 req.offset, req.length, exc)
-                    parts = self._reply_parts(req, p.error_from_exception(exc), b"")
-                self._send(*parts, wait=False)  # the buffer is this request's own
+                    error = p.error_from_exception(exc)
+                # The buffer is this request's own: no need to wait until it has left.
+                self._reply(req, error, data if kind == p.CMD_READ else b"", wait=False)
             except OSError as err:  # the client went away: wake the reader
                 log.debug("reply failed: %s", err)
                 _shutdown(self.sock)
@@ -483,8 +483,8 @@ class Connection:
                         req.offset, req.length, exc)
         self._reply(req, error, data)
 
-    def _reply(self, req: p.Request, error: int, data: Reply) -> None:
-        self._send(*self._reply_parts(req, error, data))
+    def _reply(self, req: p.Request, error: int, data: Reply, wait: bool = True) -> None:
+        self._send(*self._reply_parts(req, error, data), wait=wait)
 
     def _reply_parts(self, req: p.Request, error: int, data: Reply) -> list[Reply]:
         """Header and data of the reply to `req` (structured for reads if negotiated)."""
