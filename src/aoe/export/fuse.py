@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aoe.export.blockdev import BlockDevice, Buffer, error_number
+from aoe.export.readahead import ReadAhead, c_alloc, c_calloc, c_free, c_view
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class DiskFS:
         read_only: bool = False,
         ready: Callable[[], None] | None = None,
         restore_cwd: int | None = None,
+        read_ahead: bool = False,
     ) -> None:
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"bad file name {name!r}")
@@ -75,6 +77,8 @@ class DiskFS:
         now = time.time_ns()
         self._times = {"st_atime": now, "st_mtime": now, "st_ctime": now}
         self._uid, self._gid = os.getuid(), os.getgid()
+        submit = getattr(dev, "submit_read", None)
+        self.ahead = ReadAhead(submit, dev.size) if read_ahead and submit else None
 
     @property
     def read_only(self) -> bool:
@@ -99,6 +103,7 @@ class DiskFS:
             self._ready()
 
     def destroy(self, path: str) -> None:
+        self._forget_ahead()
         self._flush_if_dirty()
 
     # -- metadata --------------------------------------------------------------------
@@ -164,16 +169,49 @@ class DiskFS:
         n = min(offset + size, self.dev.size) - offset
         if n <= 0:
             return 0
-        view = _c_buffer(buf, n)
+        self._fill(_c_buffer(buf, n), offset)
+        return n
+
+    def _fill(self, view: memoryview, offset: int) -> None:
         readinto = getattr(self.dev, "readinto", None)
         with _as_oserror():
             if readinto is not None:
                 readinto(offset, view)
             else:
-                view[:] = self.dev.read(offset, n)
-        return n
+                view[:] = self.dev.read(offset, len(view))
+
+    def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: int) -> int:
+        return self.read_buf_into(bufpp, size, offset)
+
+    def read_buf_into(self, bufpp: Any, size: int, offset: int) -> int:
+        """The read callback that hands libfuse a buffer of its own to reply from and
+        free: the device fills it (or filled it ahead, see readahead.py)."""
+        n = min(offset + size, self.dev.size) - offset
+        n = max(n, 0)
+        address = self.ahead.take(offset, n) if self.ahead is not None and n else None
+        if address is None:
+            address = c_alloc(n)
+            try:
+                if n:
+                    self._fill(c_view(address, n), offset)
+            except BaseException:
+                c_free(address)
+                raise
+        try:
+            vec = c_calloc(_BUFVEC_BYTES)
+        except MemoryError:
+            c_free(address)
+            raise
+        header = _BufVec.from_address(vec)
+        header.count = 1
+        header.size = n
+        header.mem = address
+        header.fd = -1
+        ctypes.c_void_p.from_address(ctypes.addressof(bufpp.contents)).value = vec
+        return 0
 
     def write(self, path: str, data: Buffer, offset: int, fh: int) -> int:
+        self._forget_ahead()
         if self.read_only:
             raise OSError(errno.EROFS, "the disk is read-only")
         room = self.dev.size - offset
@@ -202,6 +240,10 @@ class DiskFS:
 
     # -- helpers ---------------------------------------------------------------------
 
+    def _forget_ahead(self) -> None:
+        if self.ahead is not None:
+            self.ahead.forget()
+
     def _check(self, path: str) -> None:
         if path != self.path:
             raise OSError(errno.ENOENT if path != "/" else errno.EISDIR, path)
@@ -218,6 +260,18 @@ class DiskFS:
             self.flushes += 1
 
 
+class _BufVec(ctypes.Structure):
+    """libfuse 3's `struct fuse_bufvec` holding one `struct fuse_buf` (memory, not fd)."""
+
+    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t),
+                ("off", ctypes.c_size_t), ("size", ctypes.c_size_t),
+                ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
+                ("fd", ctypes.c_int), ("pos", ctypes.c_int64)]
+
+
+_BUFVEC_BYTES = 256  # zeroed room beyond _BufVec for fields a newer libfuse may add
+
+
 def _c_buffer(ptr: Any, size: int) -> memoryview:
     """A writable byte view of `size` bytes at a ctypes pointer (a libfuse buffer)."""
     address = ctypes.cast(ptr, ctypes.c_void_p).value or 0
@@ -232,6 +286,10 @@ def _fuse_class(mfusepy: Any) -> Any:
         def read(self, path: bytes | None, buf: Any, size: int, offset: int,
                  fip: Any) -> int:
             return int(self.operations.read_into(buf, size, offset))
+
+        def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int,
+                     fip: Any) -> int:
+            return int(self.operations.read_buf_into(bufpp, size, offset))
 
         def write(self, path: bytes | None, buf: Any, size: int, offset: int,
                   fip: Any) -> int:
@@ -259,6 +317,7 @@ def mount_blockdev(
     name: str = "disk",
     read_only: bool = False,
     direct_io: bool = True,
+    read_ahead: bool = True,
     allow_other: bool = False,
     fsname: str = "aoe",
     ready: Callable[[], None] | None = None,
@@ -278,7 +337,8 @@ def mount_blockdev(
     if not os.path.isdir(mp):
         raise FileNotFoundError(errno.ENOENT, f"mount point {mp!r} is not a directory")
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    ops = DiskFS(dev, name=name, read_only=read_only, ready=ready, restore_cwd=cwd)
+    ops = DiskFS(dev, name=name, read_only=read_only, ready=ready, restore_cwd=cwd,
+                 read_ahead=direct_io and read_ahead)
     options: dict[str, Any] = {
         "foreground": True,
         "fsname": fsname,
