@@ -7,11 +7,13 @@ the lab namespace, the mount does not), so mkfs, loop mounts and fsck run as usu
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,40 @@ def test_nbd_requests_fail_cleanly_when_the_target_dies(serve_rig: Rig, tmp_path
                 c.close()
     finally:
         disk.close()
+
+
+def test_fuse_reads_ahead_but_never_returns_old_data(serve_rig: Rig, tmp_path: Path) -> None:
+    """A sequential reader makes the FUSE file start the next pieces early; a write through
+    the file must still be what the next read of those bytes returns."""
+    mib = 1 << 20
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    disk = serve_rig.open()
+    started: list[int] = []
+    submit = disk.submit_read
+
+    def counting(offset: int, buf: memoryview, on_done: Callable[..., None]) -> bool:
+        started.append(offset)
+        return submit(offset, buf, on_done)
+
+    disk.submit_read = counting  # type: ignore[method-assign]
+    image = serve_rig.data
+    new = os.urandom(mib)
+    try:
+        with mounted(disk, mp) as disk_file:
+            fd = os.open(disk_file, os.O_RDWR)
+            try:
+                for offset in range(0, 4 * mib, mib):
+                    assert os.pread(fd, mib, offset) == image[offset:offset + mib]
+                assert 4 * mib in started  # the next piece was on its way before asked for
+                assert os.pwrite(fd, new, 4 * mib) == mib
+                assert os.pread(fd, mib, 4 * mib) == new
+                assert os.pread(fd, mib, 5 * mib) == image[5 * mib:6 * mib]
+            finally:
+                os.close(fd)
+            expected = image[:4 * mib] + new + image[5 * mib:]
+            assert sha256(disk_file) == hashlib.sha256(expected).hexdigest()
+    finally:
+        umount_quietly(mp, fuse=True)
+        disk.close()
+    assert serve_rig.image.read_bytes()[4 * mib:5 * mib] == new

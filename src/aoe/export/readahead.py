@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +30,13 @@ _libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
 _libc.free.restype = None
 _libc.free.argtypes = [ctypes.c_void_p]
 
+CHUNK = 1 << 20  # pieces are read ahead in aligned pieces of this size
 DEPTH = 2  # pieces kept in flight ahead of the reader
 MAX_AGE = 0.25  # seconds a finished piece may wait for its reader before it is dropped
 
 Submit = Callable[[int, memoryview, Callable[[BaseException | None], None]], bool]
+
+_memmove = ctypes.memmove  # a foreign call: the interpreter lock is released while it copies
 
 
 def c_alloc(size: int) -> int:
@@ -68,48 +72,79 @@ class _Piece:
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     finished_at: float = 0.0
-    dropped: bool = False  # nobody will take it: free the memory once the device is done
+    users: int = 0  # requests copying out of it right now
+    dropped: bool = False  # out of the table: free the memory once nobody needs it
+    freed: bool = False
+
+    def idle(self) -> bool:
+        """Nobody writes or reads the buffer any more (asked under the lock)."""
+        return self.done.is_set() and self.users == 0
 
 
 class ReadAhead:
     """The pieces started ahead of one sequential reader. Thread-safe; `submit` is the
-    device's non-blocking read (False when it cannot take the request)."""
+    device's non-blocking read (False when it cannot take the request).
+
+    Pieces are aligned `chunk`-sized parts of the disk, whatever sizes the reader asks
+    for (the kernel splits a read at the reader's page boundaries, so requests are often
+    not aligned). A request that is exactly one piece takes that piece's buffer; any
+    other is copied out of the pieces it covers, and a piece is freed once read to its
+    end."""
 
     def __init__(self, submit: Submit, size: int, depth: int = DEPTH,
-                 max_age: float = MAX_AGE) -> None:
+                 max_age: float = MAX_AGE, chunk: int = CHUNK) -> None:
         self._submit = submit
         self._size = size
         self._depth = depth
         self._max_age = max_age
-        self._lock = threading.Lock()
+        self._chunk = chunk
+        self._lock = threading.RLock()  # a device may complete a request inside submit
         self._pieces: dict[int, _Piece] = {}
         self._next = -1  # where a sequential reader's next request starts
-        self.served = 0  # requests answered from a piece read ahead
+        self.served = 0  # requests answered from pieces read ahead
         self.started = 0
 
     def take(self, offset: int, length: int) -> int | None:
         """The address of a C buffer holding `length` bytes at `offset`, now owned by the
-        caller, or None when no usable piece was read ahead (the caller reads itself).
+        caller, or None when they were not all read ahead (the caller reads itself).
         Starts the pieces after this request when the reader is sequential."""
+        end = offset + length
         with self._lock:
-            piece = self._pieces.pop(offset, None)
             sequential = offset == self._next
-            self._next = offset + length
-            if piece is not None and piece.length != length:
-                self._drop(piece)
-                piece = None
-            if sequential or piece is not None:
-                self._start_after(offset + length, length)
-            else:
+            self._next = end
+            first = offset - offset % self._chunk
+            covering = [self._pieces.get(start) for start in range(first, end, self._chunk)]
+            if not sequential and None in covering:
                 self._drop_all()
-        if piece is None:
-            return None
-        piece.done.wait()
-        if piece.error is not None or time.monotonic() - piece.finished_at > self._max_age:
-            c_free(piece.address)
+                return None
+            self._start(end)
+            if None in covering:
+                return None
+            pieces = [piece for piece in covering if piece is not None]
+            whole = (len(pieces) == 1 and pieces[0].offset == offset
+                     and pieces[0].length == length and pieces[0].users == 0)
+            if whole:  # handed over: from now on the caller frees it
+                del self._pieces[offset]
+            else:
+                for piece in pieces:
+                    piece.users += 1
+        for piece in pieces:
+            piece.done.wait()
+        now = time.monotonic()
+        if any(piece.error is not None or now - piece.finished_at > self._max_age
+               for piece in pieces):
+            with self._lock:
+                for piece in pieces:
+                    if not whole:
+                        piece.users -= 1
+                    if self._pieces.get(piece.offset) is piece:
+                        del self._pieces[piece.offset]
+                    self._drop(piece)
             return None
         self.served += 1
-        return piece.address
+        if whole:
+            return pieces[0].address
+        return self._copy_out(pieces, offset, length)
 
     def forget(self) -> None:
         """Drop everything read ahead: the disk is about to change under it."""
@@ -117,12 +152,31 @@ class ReadAhead:
             self._drop_all()
             self._next = -1
 
+    def _copy_out(self, pieces: list[_Piece], offset: int, length: int) -> int:
+        """A new buffer with the bytes of [offset, offset+length) copied from `pieces`;
+        a piece read to its end is freed."""
+        address = c_alloc(length)
+        end = offset + length
+        for piece in pieces:
+            lo, hi = max(offset, piece.offset), min(end, piece.offset + piece.length)
+            _memmove(address + lo - offset, piece.address + lo - piece.offset, hi - lo)
+        with self._lock:
+            for piece in pieces:
+                piece.users -= 1
+                if piece.offset + piece.length <= end and self._pieces.get(piece.offset) is piece:
+                    del self._pieces[piece.offset]  # read to its end
+                    piece.dropped = True
+                self._release(piece)
+        return address
+
     # -- under the lock ---------------------------------------------------------------
 
-    def _start_after(self, offset: int, length: int) -> None:
+    def _start(self, offset: int) -> None:
+        """Have the `depth` pieces from the one holding `offset` on their way."""
+        first = offset - offset % self._chunk
         for k in range(self._depth):
-            start = offset + k * length
-            n = min(length, self._size - start)
+            start = first + k * self._chunk
+            n = min(self._chunk, self._size - start)
             if n <= 0:
                 break
             if start in self._pieces:
@@ -130,7 +184,7 @@ class ReadAhead:
             piece = _Piece(start, n, c_alloc(n))
             try:
                 started = self._submit(start, c_view(piece.address, n),
-                                       lambda error, p=piece: self._finished(p, error))
+                                       functools.partial(self._finished, piece))
             except Exception:  # a closed or failed device: the reader will hear it itself
                 started = False
             if not started:
@@ -138,9 +192,9 @@ class ReadAhead:
                 break
             self._pieces[start] = piece
             self.started += 1
-        if len(self._pieces) > 2 * self._depth:  # a reader that stopped somewhere
-            for start in sorted(self._pieces, key=lambda s: abs(s - offset))[2 * self._depth:]:
-                self._drop(self._pieces.pop(start))
+        behind = [start for start in self._pieces if start + self._chunk <= offset - self._chunk]
+        for start in behind:  # pieces a reader jumped over
+            self._drop(self._pieces.pop(start))
 
     def _drop_all(self) -> None:
         for piece in self._pieces.values():
@@ -148,10 +202,15 @@ class ReadAhead:
         self._pieces.clear()
 
     def _drop(self, piece: _Piece) -> None:
-        if piece.done.is_set():
+        """Out of the table; its memory goes once the device and every reader are done."""
+        piece.dropped = True
+        self._release(piece)
+
+    @staticmethod
+    def _release(piece: _Piece) -> None:
+        if piece.dropped and piece.idle() and not piece.freed:
+            piece.freed = True
             c_free(piece.address)
-        else:
-            piece.dropped = True
 
     # -- on the device's I/O thread ---------------------------------------------------
 
@@ -160,5 +219,5 @@ class ReadAhead:
             piece.error = error
             piece.finished_at = time.monotonic()
             piece.done.set()
-            if piece.dropped:
-                c_free(piece.address)
+            self._release(piece)
+
