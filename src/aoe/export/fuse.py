@@ -157,21 +157,6 @@ class DiskFS:
             raise OSError(errno.EROFS, "the disk is read-only")
         return 0
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        end = min(offset + size, self.dev.size)
-        if offset >= end:
-            return b""
-        with _as_oserror():
-            return self.dev.read(offset, end - offset)
-
-    def read_into(self, buf: Any, size: int, offset: int) -> int:
-        """The read callback without copies: the device fills the kernel's buffer."""
-        n = min(offset + size, self.dev.size) - offset
-        if n <= 0:
-            return 0
-        self._fill(_c_buffer(buf, n), offset)
-        return n
-
     def _fill(self, view: memoryview, offset: int) -> None:
         readinto = getattr(self.dev, "readinto", None)
         with _as_oserror():
@@ -280,13 +265,10 @@ def _c_buffer(ptr: Any, size: int) -> memoryview:
 
 def _fuse_class(mfusepy: Any) -> Any:
     """mfusepy's FUSE with the read and write callbacks routed to the zero-copy paths
-    (mfusepy itself copies every buffer through a bytes object)."""
+    (mfusepy itself copies every buffer through a bytes object). Reads go through
+    `read_buf`, so libfuse never calls a plain read callback."""
 
     class DiskFUSE(mfusepy.FUSE):  # type: ignore[misc]
-        def read(self, path: bytes | None, buf: Any, size: int, offset: int,
-                 fip: Any) -> int:
-            return int(self.operations.read_into(buf, size, offset))
-
         def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int,
                      fip: Any) -> int:
             return int(self.operations.read_buf_into(bufpp, size, offset))
