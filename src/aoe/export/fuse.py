@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aoe.export.blockdev import BlockDevice, Buffer, error_number
-from aoe.export.readahead import ReadAhead, c_alloc, c_calloc, c_free, c_view
+from aoe.export.readahead import ReadAhead, c_alloc, c_free, c_view
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class DiskFS:
                 c_free(address)
                 raise
         try:
-            vec = c_calloc(_BUFVEC_BYTES)
+            vec = c_alloc(_BUFVEC_BYTES, zeroed=True)
         except MemoryError:
             c_free(address)
             raise
@@ -259,8 +259,7 @@ _BUFVEC_BYTES = 256  # zeroed room beyond _BufVec for fields a newer libfuse may
 
 def _c_buffer(ptr: Any, size: int) -> memoryview:
     """A writable byte view of `size` bytes at a ctypes pointer (a libfuse buffer)."""
-    address = ctypes.cast(ptr, ctypes.c_void_p).value or 0
-    return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+    return c_view(ctypes.cast(ptr, ctypes.c_void_p).value or 0, size)
 
 
 def _fuse_class(mfusepy: Any) -> Any:

@@ -39,17 +39,10 @@ Submit = Callable[[int, memoryview, Callable[[BaseException | None], None]], boo
 _memmove = ctypes.memmove  # a foreign call: the interpreter lock is released while it copies
 
 
-def c_alloc(size: int) -> int:
-    """`size` bytes of C heap (at least one), or MemoryError."""
-    address = _libc.malloc(max(size, 1))
-    if not address:
-        raise MemoryError(f"cannot allocate {size} bytes")
-    return int(address)
-
-
-def c_calloc(size: int) -> int:
-    """`size` zeroed bytes of C heap, or MemoryError."""
-    address = _libc.calloc(1, max(size, 1))
+def c_alloc(size: int, zeroed: bool = False) -> int:
+    """`size` bytes of C heap (at least one), zero-filled if asked, or MemoryError."""
+    n = max(size, 1)
+    address = _libc.calloc(1, n) if zeroed else _libc.malloc(n)
     if not address:
         raise MemoryError(f"cannot allocate {size} bytes")
     return int(address)
