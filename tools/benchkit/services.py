@@ -57,12 +57,9 @@ def fuse_mount(host: Host, address: str, ifname: str, mountpoint: Path) -> Itera
 
 
 @contextmanager
-def nbd_export(host: Host, address: str, ifname: str, socket_path: Path,
-               workers: int | None = None) -> Iterator[str]:
+def nbd_export(host: Host, address: str, ifname: str, socket_path: Path) -> Iterator[str]:
     """`aoe nbd ADDRESS --socket PATH` in the initiator namespace; yields its NBD URI."""
     argv = [AOE, "nbd", address, "--socket", str(socket_path), "-i", ifname]
-    if workers is not None:
-        argv += ["--workers", str(workers)]
     proc = host.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         line = _wait_line(proc, "nbd", "aoe nbd", 30.0)
