@@ -24,6 +24,11 @@ from .session import Request, Session, SessionStats
 Buffer = bytes | bytearray | memoryview
 
 
+def _aligned(offset: int, length: int) -> bool:
+    """Whole sectors: the session moves them without a read-modify-write or a copy."""
+    return offset % SECTOR_SIZE == 0 and length % SECTOR_SIZE == 0
+
+
 class _RangeLock:
     """Exclusive locks on sector ranges; disjoint ranges never wait for each other."""
 
@@ -157,7 +162,7 @@ class AoeDisk:
         first, last = self._span(offset, length)
         if length == 0:
             return 0
-        if offset % SECTOR_SIZE == 0 and length % SECTOR_SIZE == 0:
+        if _aligned(offset, length):
             self._session.read_into(first, mv)
         else:
             mv[:] = self.read(offset, length)
@@ -175,7 +180,7 @@ class AoeDisk:
         head = offset - first * SECTOR_SIZE
         with self._locks.hold(first, last):
             try:
-                if head == 0 and length % SECTOR_SIZE == 0:
+                if _aligned(offset, length):
                     self._session.write_from(first, mv)
                     return
                 merged = bytearray((last - first) * SECTOR_SIZE)
@@ -197,11 +202,10 @@ class AoeDisk:
         called on the session's I/O thread when it ends. Only sector-aligned requests go
         this way: False (nothing started) asks the caller to use :meth:`readinto`."""
         length = len(buf)
-        self._span(offset, length)
-        if not length or offset % SECTOR_SIZE or length % SECTOR_SIZE:
+        first, _ = self._span(offset, length)
+        if not length or not _aligned(offset, length):
             return False
-        self._session.submit_read(offset // SECTOR_SIZE, buf,
-                                  lambda req: on_done(req.error))
+        self._session.submit_read(first, buf, lambda req: on_done(req.error))
         return True
 
     def submit_write(self, offset: int, data: memoryview,
@@ -213,7 +217,7 @@ class AoeDisk:
         first, last = self._span(offset, length)
         if self._read_only:
             raise TargetReadOnlyError(f"target {self.info.address} is open read-only")
-        if not length or offset % SECTOR_SIZE or length % SECTOR_SIZE:
+        if not length or not _aligned(offset, length):
             return False
         span = self._locks.try_take(first, last)
         if span is None:
