@@ -351,8 +351,7 @@ class Session:
     def submit_read(self, lba: int, mv: memoryview,
                     on_done: Callable[[Request], None]) -> Request:
         """Start reading ``len(mv) // 512`` sectors from ``lba``; ``on_done`` reports."""
-        _check_sectors(mv)
-        req = Request(*self._read_op(), lba, len(mv) // SECTOR_SIZE, mv, on_done)
+        req = self._transfer(self._read_op(), lba, mv, on_done)
         self.submit(req)
         return req
 
@@ -360,10 +359,16 @@ class Session:
                      on_done: Callable[[Request], None]) -> Request:
         """Start writing the sectors in ``mv`` at ``lba``; ``on_done`` reports. ``mv``
         must stay unchanged until then: frames are sent straight from it."""
-        _check_sectors(mv)
-        req = Request(*self._write_op(), lba, len(mv) // SECTOR_SIZE, mv, on_done)
+        req = self._transfer(self._write_op(), lba, mv, on_done)
         self.submit(req)
         return req
+
+    @staticmethod
+    def _transfer(op: tuple[int, int], lba: int, mv: memoryview,
+                  on_done: Callable[[Request], None] | None = None) -> Request:
+        """The request moving the whole sectors of ``mv`` with ``op`` (command, aflags)."""
+        _check_sectors(mv)
+        return Request(*op, lba, len(mv) // SECTOR_SIZE, mv, on_done)
 
     def _read_op(self) -> tuple[int, int]:
         if self.lba48:
@@ -377,13 +382,11 @@ class Session:
 
     def read_into(self, lba: int, mv: memoryview) -> None:
         """Read ``len(mv) // 512`` sectors from ``lba`` into ``mv``."""
-        _check_sectors(mv)
-        self.execute(Request(*self._read_op(), lba, len(mv) // SECTOR_SIZE, mv))
+        self.execute(self._transfer(self._read_op(), lba, mv))
 
     def write_from(self, lba: int, mv: memoryview) -> None:
         """Write the sectors in ``mv`` at ``lba``; returns once the target acknowledged all."""
-        _check_sectors(mv)
-        self.execute(Request(*self._write_op(), lba, len(mv) // SECTOR_SIZE, mv))
+        self.execute(self._transfer(self._write_op(), lba, mv))
 
     def flush(self, extended: bool | None = None) -> None:
         """FLUSH CACHE (EXT): the target commits what it acknowledged to stable storage."""
