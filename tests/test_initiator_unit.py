@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pytest
 
-from aoe.initiator.commands import SizeType, human_size
+from aoe.initiator.cli import SizeType, human_size
 from aoe.initiator.copy import VerifyError, copy_from_disk, copy_to_disk
 from aoe.initiator.disk import _RangeLock
 from aoe.initiator.paths import INITIAL_WINDOW, MacBudget

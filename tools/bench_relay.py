@@ -14,7 +14,9 @@ import time
 
 from aoe.lab import Lab
 from aoe.lab.mmsg import Batch
-from aoe.lab.testing import aoe_frame, aoe_socket
+from aoe.net.rawsock import RawSocket
+from aoe.protocol.constants import ETHERTYPE_AOE
+from aoe.protocol.mac import parse_mac
 
 
 def blast(ifname: str, frame: bytes, seconds: float) -> int:
@@ -23,7 +25,7 @@ def blast(ifname: str, frame: bytes, seconds: float) -> int:
     for i, addr in enumerate(batch.addresses):
         ctypes.memmove(addr, frame, len(frame))
         batch.lengths[i] = len(frame)
-    sock = aoe_socket(ifname, timeout=None)
+    sock = RawSocket(ifname)
     sent = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -36,7 +38,8 @@ def measure(label: str, size: int, seconds: float, **impairment: float) -> float
     with Lab() as lab:
         a, b = lab.host("a"), lab.host("b")
         relay = lab.relay_between(a, b, mtu=max(1500, size), **impairment)
-        frame = aoe_frame(relay.b_mac, relay.a_mac, bytes(size - 14))
+        frame = (parse_mac(relay.b_mac) + parse_mac(relay.a_mac)
+                 + ETHERTYPE_AOE.to_bytes(2, "big") + bytes(size - 14))
         before = relay.stats().a_to_b
         t0 = time.monotonic()
         sent = a.call(blast, relay.a_ifname, frame, seconds, timeout=seconds + 10)

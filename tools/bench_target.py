@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aoe.lab import Host, Lab
-from aoe.lab.testing import make_two_hosts
+from aoe.lab.pair import make_two_hosts
 from aoe.net.mmsg import FrameBatch
 from aoe.protocol.constants import max_sectors_for_mtu
 from aoe.protocol.frames import ATA_ARGS, HEADER

@@ -13,10 +13,10 @@ import click
 from ..cli_types import ADDRESS, SIZE
 from .config import ConfigError, ServeConfig, load_config
 from .counters import Counters
-from .export import ExportError, ExportSpec
 from .logs import setup_logging
 from .server import InterfaceSpec, Target, TargetError
 from .state import StateError
+from .store import ExportSpec, StoreError
 
 log = logging.getLogger("aoe.target")
 
@@ -98,7 +98,7 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
                     announce=not no_announce, batch=batch, counters=counters)
     try:
         target.open()
-    except (TargetError, ExportError, StateError) as exc:
+    except (TargetError, StoreError, StateError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
         target.install_signal_handlers(lambda c: _print_counters(c, as_json))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aoe.lab import Host, Lab
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 from aoe.protocol import (
     AtaBody,
     AtaFlag,

@@ -1,5 +1,5 @@
 """Live AoE traffic tools: watch frames on a link (`aoe sniff`) and probe a target
-(`aoe ping`). Both are library calls; the click commands in :mod:`aoe.tools_cli` only
+(`aoe ping`). Both are library calls; the click commands in :mod:`aoe.checks.cli` only
 print what these return.
 
 The sniffer's socket does not ignore outgoing frames (unlike the data-path socket): on
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .lab.conformance_probe import Probe, Reply, set_promiscuous
-from .net.rawsock import interface_problem
-from .protocol import (
+from ..checks.probe import Probe, Reply, set_promiscuous
+from ..net.rawsock import interface_problem
+from ..protocol import (
     BROADCAST_SHELF,
     BROADCAST_SLOT,
     ETHERTYPE_AOE,
@@ -30,7 +30,7 @@ from .protocol import (
     decode,
     format_mac,
 )
-from .protocol.describe import describe, to_dict
+from ..protocol.describe import describe, to_dict
 
 COMMAND_NAMES = {
     "ata": Command.ATA,
