@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from aoe.capture.pcap import read_pcap
-from aoe.capture.sniff import Captured, PcapWriter, ping, sniff
+from aoe.capture.pcap import PcapWriter, read_pcap
+from aoe.capture.sniff import Captured, ping, sniff
 from aoe.cli import main
 from aoe.lab.pair import TwoHosts, netns_unavailable_reason
 from aoe.protocol import AtaBody, AtaOpcode, ConfigBody, decode

@@ -9,11 +9,9 @@ the relay's own forwarded counter over a fixed window. Run as root:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import time
 
 from aoe.lab import Lab
-from aoe.lab.mmsg import Batch
 from aoe.net.rawsock import RawSocket
 from aoe.protocol.constants import ETHERTYPE_AOE
 from aoe.protocol.mac import parse_mac
@@ -21,15 +19,16 @@ from aoe.protocol.mac import parse_mac
 
 def blast(ifname: str, frame: bytes, seconds: float) -> int:
     """Send `frame` repeatedly for `seconds`, 64 per system call; returns frames sent."""
-    batch = Batch(64, max(len(frame), 64))
-    for i, addr in enumerate(batch.addresses):
-        ctypes.memmove(addr, frame, len(frame))
-        batch.lengths[i] = len(frame)
     sock = RawSocket(ifname)
+    batch = sock.batch(64, max(len(frame), 64))
+    for view in batch.views:
+        view[: len(frame)] = frame
+    lengths = [len(frame)] * batch.count
     sent = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        sent += batch.send(sock.fileno(), batch.count)[0]
+        sent += batch.send_slots(lengths, batch.count)
+    sent -= batch.send_errors
     sock.close()
     return sent
 

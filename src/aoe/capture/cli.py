@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..cli_types import ADDRESS, net_errors
-from ..protocol import DecodeError
+from ..protocol import ETHERTYPE_AOE, DecodeError, format_mac
 from ..protocol import decode as decode_frame
 from ..protocol.describe import describe, to_dict
 from .pcap import PcapError, read_pcap
@@ -29,7 +29,7 @@ def decode(pcap: Path, as_json: bool, show_all: bool) -> None:
     except PcapError as exc:
         raise click.ClickException(str(exc)) from None
     for number, (stamp, raw) in enumerate(records, 1):
-        if len(raw) < 14 or raw[12:14] != b"\x88\xa2":
+        if len(raw) < 14 or int.from_bytes(raw[12:14], "big") != ETHERTYPE_AOE:
             if show_all:
                 click.echo(f"{number:5d} {stamp:.6f} (not AoE, {len(raw)} bytes)")
             continue
@@ -121,7 +121,7 @@ def ping(address: tuple[int, int], iface: str, count: int, interval: float, time
         if one.config_rtt is None:
             click.echo(f"{name}: seq={one.seq} no answer within {timeout:g} s")
             return
-        mac = one.mac.hex(":") if one.mac else "?"
+        mac = format_mac(one.mac) if one.mac else "?"
         ident = f"{one.identify_rtt * 1e3:.3f} ms" if one.identify_rtt is not None else "-"
         note = f" ({one.note})" if one.note else ""
         click.echo(f"{name} from {mac}: seq={one.seq} config {one.config_rtt * 1e3:.3f} ms, "

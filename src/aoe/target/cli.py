@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..cli_types import ADDRESS, SIZE
+from ..protocol.mac import format_mac
 from .config import ConfigError, ServeConfig, load_config
 from .counters import Counters
 from .logs import setup_logging
@@ -111,14 +112,14 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
 
 def _print_ready(target: Target, as_json: bool) -> None:
     if as_json:
-        ports = [{"interface": p.name, "mac": p.sock.mac.hex(":"), "mtu": p.sock.mtu,
+        ports = [{"interface": p.name, "mac": format_mac(p.sock.mac), "mtu": p.sock.mtu,
                   "max_sectors": p.engine.max_sectors, "buffer_count": p.engine.buffer_count,
                   "exports": [e.spec.name for e in p.engine.exports]} for p in target.ports]
         click.echo(json.dumps({"ready": {"pid": os.getpid(), "ports": ports}}))
     else:
         for p in target.ports:
             names = ", ".join(e.spec.name for e in p.engine.exports)
-            click.echo(f"ready: {names} on {p.name} mac={p.sock.mac.hex(':')} "
+            click.echo(f"ready: {names} on {p.name} mac={format_mac(p.sock.mac)} "
                        f"mtu={p.sock.mtu} max_sectors={p.engine.max_sectors} "
                        f"buffer_count={p.engine.buffer_count}")
     sys.stdout.flush()

@@ -19,7 +19,6 @@ of padded frames out.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -203,9 +202,9 @@ class Engine:
         ``out[i]`` receives what :meth:`respond_in_place` would return for frame i (reply
         length, 0 to drop, -1 for :meth:`respond_slow`). A plain READ or WRITE is checked
         with one ``struct`` unpack and its reply header is made by swapping addresses in
-        place. Consecutive requests of one kind on adjacent sectors form a run that takes
-        a single system call: reads are ``preadv``-ed straight into the reply slots, writes
-        ``pwritev``-ed from the slots they arrived in (their replies are only sent after
+        place. Consecutive requests of one kind on adjacent sectors form a run that the store
+        takes with one call: reads land straight in the reply slots, writes go from the
+        slots they arrived in (their replies are only sent after
         that returned, so nothing is acknowledged before the store has it). Anything else
         goes through :meth:`_ata` after the pending run is done, so requests still take
         effect in arrival order. Returns the number of replies.
@@ -236,7 +235,7 @@ class Engine:
             if exp is None or exp.guarded:
                 out[i] = -1
                 continue
-            if 0 < count <= max_sectors and not exp.direct:
+            if 0 < count <= max_sectors:
                 nbytes = count << 9
                 end = ATA_HEADER_LEN + nbytes
                 if op == 0x24 or op == 0x20:
@@ -296,13 +295,12 @@ class Engine:
 
     def _write_run(self, exp: Store, pos: int, end: int, bufs: list[memoryview],
                    idx: list[int], views: Sequence[memoryview], out: list[int]) -> None:
-        """Store the data of a run of adjacent writes with one pwritev, then finish their
+        """Store the data of a run of adjacent writes with one store call, then finish their
         (already addressed) 60-byte replies."""
         c = self.counters
         want = end - pos
         try:
-            got = os.pwritev(exp.fd, bufs, pos) if len(bufs) > 1 else exp.write_from(
-                bufs[0], pos)
+            got = exp.writev_from(bufs, pos)
         except OSError as exc:
             log.warning("write_failed", extra={"export": exp.spec.name, "err": str(exc)})
             got = -1
@@ -331,11 +329,11 @@ class Engine:
 
     def _read_run(self, exp: Store, pos: int, end: int, bufs: list[memoryview],
                   idx: list[int], views: Sequence[memoryview], out: list[int]) -> None:
-        """Fill the data of a run of adjacent validated reads with one preadv."""
+        """Fill the data of a run of adjacent validated reads with one store call."""
         c = self.counters
         want = end - pos
         try:
-            got = os.preadv(exp.fd, bufs, pos)
+            got = exp.readv_into(bufs, pos)
         except OSError as exc:
             log.warning("read_failed", extra={"export": exp.spec.name, "err": str(exc)})
             got = -1
@@ -348,7 +346,7 @@ class Engine:
             p = pos
             pos += len(view)
             try:
-                ok = os.preadv(exp.fd, (view,), p) == len(view)
+                ok = exp.read_into(view, p) == len(view)
             except OSError:
                 ok = False
             if ok:

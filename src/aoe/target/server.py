@@ -25,6 +25,7 @@ from ..net import link
 from ..net.mmsg import FrameBatch
 from ..net.rawsock import InterfaceError, RawSocket
 from ..protocol.constants import ETH_MIN_FRAME, MIN_MTU, max_sectors_for_mtu
+from ..protocol.mac import format_mac
 from . import counters as ck
 from .counters import Counters
 from .engine import Engine
@@ -165,7 +166,7 @@ class Target:
             self.ports.append(_Port(ifs.name, sock, engine, batch))
             log.info(
                 "serving",
-                extra={"interface": ifs.name, "mtu": sock.mtu, "mac": sock.mac.hex(":"),
+                extra={"interface": ifs.name, "mtu": sock.mtu, "mac": format_mac(sock.mac),
                        "exports": [e.spec.name for e in served],
                        "max_sectors": engine.max_sectors, "buffer_count": bufcnt},
             )

@@ -14,6 +14,7 @@ import mmap
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,6 +217,32 @@ class Store:
             if w <= 0:
                 break
             done += w
+        return done
+
+    def readv_into(self, views: Sequence[memoryview], pos: int) -> int:
+        """Fill ``views`` one after another from byte ``pos``: one preadv for a run of
+        adjacent requests. Returns the bytes read; short when the store failed part way."""
+        if self._bounce is None:
+            return os.preadv(self.fd, views, pos)
+        done = 0  # O_DIRECT: each piece through the aligned bounce buffer
+        for view in views:
+            got = self.read_into(view, pos + done)
+            done += got
+            if got != len(view):
+                break
+        return done
+
+    def writev_from(self, views: Sequence[memoryview], pos: int) -> int:
+        """Write ``views`` one after another at byte ``pos``: one pwritev for a run of
+        adjacent requests. Returns the bytes the kernel took; short when it failed part way."""
+        if self._bounce is None and len(views) > 1:
+            return os.pwritev(self.fd, views, pos)
+        done = 0  # one piece, or O_DIRECT: each through the aligned bounce buffer
+        for view in views:
+            put = self.write_from(view, pos + done)
+            done += put
+            if put != len(view):
+                break
         return done
 
     def flush(self) -> None:
