@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aoe.lab.nsutil import LabError
 from aoe.net.rawsock import RawSocket
@@ -32,8 +32,16 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from aoe.lab.cable import Cable
-    from aoe.lab.core import Lab
     from aoe.lab.host import Host
+
+
+class _HostsAndCables(Protocol):
+    """What start_relay needs from a lab (:class:`aoe.lab.Lab` is one)."""
+
+    def host(self, name: str) -> Host: ...
+    def cable(self, a: Host, b: Host, *, mtu: int = 1500,
+              rate: str | int | None = None) -> Cable: ...
+
 
 ETH_HLEN = 14
 SLOT_SIZE = 65536  # any frame a port can carry fits one batch slot
@@ -378,7 +386,7 @@ class RelayHandle:
         self.stop()
 
 
-def start_relay(lab: Lab, a: Host, b: Host, *, name: str = "relay", mtu: int = 1500,
+def start_relay(lab: _HostsAndCables, a: Host, b: Host, *, name: str = "relay", mtu: int = 1500,
                 rate: str | int | None = None, config: RelayConfig | None = None,
                 ready_timeout: float = 5.0, **impairment: Any) -> RelayHandle:
     """Create host `name`, cable a -- name -- b, and run a Relay between its two ports."""
