@@ -9,7 +9,7 @@ setup:
 
 test: setup
 	$(VENV)/bin/ruff check src tests tools
-	$(VENV)/bin/mypy src/aoe/protocol
+	$(VENV)/bin/mypy src
 	$(PY) -m pytest -q -ra
 
 demo: setup
@@ -17,7 +17,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests tools
-	$(VENV)/bin/mypy src/aoe/protocol
+	$(VENV)/bin/mypy src
 
 bench: setup
 	$(PY) tools/bench

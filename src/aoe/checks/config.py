@@ -174,7 +174,7 @@ def _check_bad_lengths(ctx: Context, before: bytes) -> None:
         notes.append(f"1025-byte force set refused ({how}), string unchanged")
     with ctx.check("config.length-mismatch") as notes:
         present = b"pyaoe-length-check-" + b"x" * 21  # 40 bytes: the frame needs no padding
-        how = []
+        refusals = []
         for extra in (16, 200):
             raw, tag = raw_config_frame(ctx, ConfigCommand.FORCE_SET, len(present) + extra,
                                         present)
@@ -184,8 +184,8 @@ def _check_bad_lengths(ctx: Context, before: bytes) -> None:
                 p.config(ConfigCommand.FORCE_SET, before)
                 raise Failed(f"a length field {extra} bytes beyond the frame set a "
                              f"{len(after)}-byte string (read past the frame)")
-            how.append(f"+{extra}: {_refusal(replies)}")
-        notes.append(f"lengths beyond the frame refused ({', '.join(how)}), unchanged")
+            refusals.append(f"+{extra}: {_refusal(replies)}")
+        notes.append(f"lengths beyond the frame refused ({', '.join(refusals)}), unchanged")
 
 
 def _refusal(replies: list[Reply]) -> str:

@@ -78,7 +78,7 @@ def check_range(size: int, offset: int, length: int | None) -> int:
     return length
 
 
-def _write_sparse(out: BinaryIO, data: bytes) -> int:
+def _write_sparse(out: BinaryIO, data: bytes | memoryview) -> int:
     """Write ``data`` at the current position, seeking over all-zero blocks.
 
     Returns how many bytes became holes.

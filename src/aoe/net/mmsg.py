@@ -17,6 +17,7 @@ import errno
 import os
 import socket
 import sys
+from collections.abc import Sequence
 
 MSG_DONTWAIT = 0x40
 MSG_WAITFORONE = 0x10000
@@ -162,7 +163,7 @@ class FrameBatch:
         self._tx_identity = False
         self.queued = q + 1
 
-    def send_slots(self, lengths: list[int], n: int) -> int:
+    def send_slots(self, lengths: Sequence[int], n: int) -> int:
         """Send slot i with ``lengths[i]`` bytes for every i < n whose length is positive.
 
         The fast way to answer a burst in place: when every slot has a reply, only the n
