@@ -1,1 +1,2 @@
-
+"""The machine's side of the wire: the one raw socket class (:mod:`aoe.net.rawsock`), its
+batching (:mod:`aoe.net.mmsg`) and interface setup through pyroute2 (:mod:`aoe.net.link`)."""
