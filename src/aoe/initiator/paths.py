@@ -55,7 +55,6 @@ class Path:
         "port",
         "io",
         "tx",
-        "txmv",
         "ifname",
         "target_mac",
         "budget",
@@ -107,9 +106,8 @@ class Path:
     ) -> None:
         self.index = index
         self.port = port
-        self.io: Any = None  # the session's batched I/O on ``port``
-        self.tx: Any = None
-        self.txmv: Any = None
+        self.io: Any = None  # key of the local port this path sends on (set by the session)
+        self.tx: Any = None  # the outbox frames to send are written into
         self.ifname = port.ifname
         self.target_mac = target_mac
         self.budget = budget
