@@ -38,7 +38,6 @@ in on_answers, the per-frame hot path.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -58,7 +57,8 @@ from ..protocol import (
     Frame,
     encode,
 )
-from ..protocol.constants import ATA_HEADER_LEN, ETH_MIN_FRAME, ETHERTYPE_AOE, SECTOR_SIZE
+from ..protocol import fastpath as fp
+from ..protocol.constants import ATA_HEADER_LEN, ETH_MIN_FRAME, SECTOR_SIZE
 from .errors import (
     AtaCommandError,
     InitiatorError,
@@ -72,14 +72,10 @@ from .paths import Path
 
 log = logging.getLogger("aoe.initiator")
 
-# Per-path prefix (addresses .. command), tag, aflags, err/feature, sector count,
-# command/status, LBA low 32, LBA high 16. The tag is opaque to the target, which only
-# echoes it, so it is packed little-endian with the rest.
-ATA_TX = struct.Struct("<20sIBBBBIH2x")
-# Source MAC, EtherType .. command (8 bytes compared at once), tag, aflags, error, count, status.
-RX = struct.Struct("<6x6s8sIBBBB")
-RX_HEADER = struct.Struct("!HBBHBB")  # EtherType, ver/flags, error, shelf, slot, command
-RX_OK_FLAGS = 0x18  # version 1, response, no error
+ATA_TX = fp.ATA_REQUEST
+RX = fp.ATA_ANSWER
+RX_HEADER = fp.AOE_AFTER_MACS
+TAG_LE = fp.TAG_LE
 ERR_STATUS = int(AtaStatus.ERR | AtaStatus.DF)
 EXTENDED = int(AtaFlag.EXTENDED)
 BATCH = 64  # header slots per outbox (frames per sendmmsg)
@@ -216,7 +212,7 @@ class SessionCore:
         self.shelf, self.slot = shelf, slot
         self.dead_timeout = dead_timeout
         self.paths: list[Path] = list(paths)
-        self._rx_ok = RX_HEADER.pack(ETHERTYPE_AOE, RX_OK_FLAGS, 0, shelf, slot, 0)
+        self._rx_ok = fp.answer_key(shelf, slot)
         self.tags: dict[int, InFlight] = {}
         self.pending: deque[Request] = deque()
         # Requests done (or failed) whose callers are to be woken once the outboxes are
@@ -566,7 +562,8 @@ class SessionCore:
         if n < 24:
             stats.bad_frames += 1
             return
-        _etype, verflags, error, shelf, slot, command = RX_HEADER.unpack_from(frame_mv, 12)
+        _etype, verflags, error, shelf, slot, command = RX_HEADER.unpack_from(
+            frame_mv, fp.AOE_AFTER_MACS_OFFSET)
         if not verflags & 0x08:
             return  # a request (another initiator's, or a broadcast): not for us
         if verflags >> 4 != 1:
@@ -585,7 +582,7 @@ class SessionCore:
             return
         if command != Command.ATA:
             return
-        tag = struct.unpack_from("<I", frame_mv, 20)[0]
+        tag = TAG_LE.unpack_from(frame_mv, fp.TAG_OFFSET)[0]
         frame = self.tags.get(tag)
         if frame is None:
             if ours:

@@ -11,12 +11,12 @@ reset by the next clean sample.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from typing import Any
 
 from ..net.rawsock import RawSocket
 from ..protocol.constants import ETHERTYPE_AOE, Command
+from ..protocol.fastpath import ATA_PREFIX
 
 INITIAL_WINDOW = 4
 INITIAL_SLACK = 3  # later frames answered before an earlier one counts as lost
@@ -31,9 +31,6 @@ QUEUE_FACTOR = 4
 # its retransmission timer (measured: spurious resends, see docs/performance.md).
 MAX_WINDOW = 128
 QUEUE_ALLOWANCE = 0.002
-# Everything before the tag of a request: dst, src, EtherType, ver/flags, error, shelf,
-# slot, command. Built once per path.
-PREFIX = struct.Struct("!6s6sHBBHBB")
 VERSION_FLAGS = 0x10  # AoE version 1, no flags
 
 
@@ -112,7 +109,7 @@ class Path:
         self.target_mac = target_mac
         self.budget = budget
         self.frame_sectors = frame_sectors
-        self.prefix = PREFIX.pack(
+        self.prefix = ATA_PREFIX.pack(
             target_mac, port.mac, ETHERTYPE_AOE, VERSION_FLAGS, 0, shelf, slot, Command.ATA
         )
         limit = budget.limit if max_window is None else max(1, min(budget.limit, max_window))
