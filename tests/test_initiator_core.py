@@ -14,7 +14,7 @@ import pytest
 
 from aoe.initiator.core import BATCH, TX_HEAD, Request, SessionCore
 from aoe.initiator.errors import TargetDeadError
-from aoe.initiator.paths import INITIAL_SLACK, INITIAL_WINDOW, MacBudget, Path
+from aoe.initiator.window import INITIAL_SLACK, INITIAL_WINDOW, MacBudget, PathWindow
 from aoe.protocol import (
     ATA_HEADER_LEN,
     SECTOR_SIZE,
@@ -94,9 +94,9 @@ class Harness:
         self.now = 100.0
         self.ports = [FakePort(f"eth{i}", bytes([2, 0, 0, 0, 0, 0x10 + i]))
                       for i in range(npaths)]
-        self.paths: list[Path] = []
+        self.paths: list[PathWindow] = []
         for i, port in enumerate(self.ports):
-            path = Path(i, port, TARGET_MACS[i], SHELF, SLOT,  # type: ignore[arg-type]
+            path = PathWindow(i, port, TARGET_MACS[i], SHELF, SLOT,  # type: ignore[arg-type]
                         MacBudget(buffers), SECTORS, RTT0, MIN_RTO, MAX_RTO, window, self.now)
             path.io = port
             path.tx = Outbox(i)
@@ -152,7 +152,7 @@ class Harness:
         for port, frames in by_port.items():
             self.deliver(frames, port)
 
-    def tick(self, dt: float) -> list[tuple[Path, bytes]]:
+    def tick(self, dt: float) -> list[tuple[PathWindow, bytes]]:
         self.now += dt
         probes, dead = self.core.on_timer(self.now)
         assert dead is None
@@ -285,7 +285,7 @@ def test_a_dead_path_is_marked_down_probed_and_its_frames_move_to_the_other() ->
     h = Harness(npaths=2)
     p0, p1 = h.paths
     reqs: list[Request] = []
-    probes: list[tuple[Path, bytes]] = []
+    probes: list[tuple[PathWindow, bytes]] = []
     paths_used: set[int] = set()
     for _ in range(10):  # path 0 is silent; path 1 answers everything at once
         reqs.append(h.read(0, 8)[0])

@@ -31,7 +31,7 @@ slack that widens if the path turns out to reorder), otherwise by the timer once
 older than its path's RTO, preferring another path. The timer also declares the target
 dead when nothing at all was heard for ``dead_timeout`` seconds while work was
 outstanding. A path that keeps timing out is marked down and probed with Query Config
-until it answers. Window and RTT arithmetic lives in paths.py; the growth step is inlined
+until it answers. Window and RTT arithmetic lives in window.py; the growth step is inlined
 in on_answers, the per-frame hot path.
 """
 
@@ -68,7 +68,7 @@ from .errors import (
     TargetReadOnlyError,
     TargetReservedError,
 )
-from .paths import Path
+from .window import PathWindow
 
 log = logging.getLogger("aoe.initiator")
 
@@ -157,7 +157,7 @@ class InFlight:
     __slots__ = ("req", "lba", "count", "off", "nbytes", "path", "tag", "old_tags", "sent",
                  "first", "tries", "pseq", "done", "fast")
 
-    def __init__(self, req: Request, lba: int, count: int, off: int, nbytes: int, path: Path,
+    def __init__(self, req: Request, lba: int, count: int, off: int, nbytes: int, path: PathWindow,
                  tag: int, pseq: int, now: float) -> None:
         """A frame as it is first sent: on ``path`` with ``tag`` at ``now``."""
         self.req = req
@@ -205,13 +205,13 @@ class SessionCore:
     its outbox (``tx``) and port key (``io``) set by the I/O layer.
     """
 
-    def __init__(self, shelf: int, slot: int, paths: Sequence[Path], *,
+    def __init__(self, shelf: int, slot: int, paths: Sequence[PathWindow], *,
                  dead_timeout: float = 10.0, now: float = 0.0) -> None:
         if not paths:
             raise ValueError("a session needs at least one path")
         self.shelf, self.slot = shelf, slot
         self.dead_timeout = dead_timeout
-        self.paths: list[Path] = list(paths)
+        self.paths: list[PathWindow] = list(paths)
         self._rx_ok = fp.answer_key(shelf, slot)
         self.tags: dict[int, InFlight] = {}
         self.pending: deque[Request] = deque()
@@ -261,7 +261,7 @@ class SessionCore:
         return list(reqs.values())
 
     # --- sending ----------------------------------------------------------------------
-    def _pick_path(self) -> Path | None:
+    def _pick_path(self) -> PathWindow | None:
         """A path with room in its window: round robin over the live ones."""
         paths = self.paths
         live = [p for p in paths if not p.down] or paths
@@ -273,7 +273,7 @@ class SessionCore:
                 return p
         return None
 
-    def _retry_path(self, failed: Path, sectors: int) -> Path:
+    def _retry_path(self, failed: PathWindow, sectors: int) -> PathWindow:
         """Where to resend a lost frame of ``sectors`` sectors: another live path whose
         frames are that big, if there is one."""
         others = [p for p in self.paths
@@ -362,7 +362,7 @@ class SessionCore:
         if self.next_check == INF and tags:
             self.next_check = now + path.rto
 
-    def _queue_frame(self, frame: InFlight, path: Path, tag: int) -> None:
+    def _queue_frame(self, frame: InFlight, path: PathWindow, tag: int) -> None:
         """Put the frame in the path's outbox: its header in a slot, a write's data
         referenced where the caller's buffer holds it."""
         req = frame.req
@@ -381,7 +381,7 @@ class SessionCore:
             tx.data_lens[q] = 0
         tx.queued = q + 1
 
-    def _transmit(self, frame: InFlight, path: Path, now: float) -> None:
+    def _transmit(self, frame: InFlight, path: PathWindow, now: float) -> None:
         """Send ``frame`` again, with a fresh tag, on ``path`` (maybe another one)."""
         seq = self._seq = (self._seq + 1) & TAG_SEQ_MASK
         tag = (seq << 8) | path.index
@@ -514,7 +514,7 @@ class SessionCore:
             stats.answers += answers
             self.last_rx = now
 
-    def _fast_retransmit(self, frame: InFlight, path: Path, now: float) -> None:
+    def _fast_retransmit(self, frame: InFlight, path: PathWindow, now: float) -> None:
         """``frame`` is presumed lost: frames sent after it on its path were answered.
 
         It goes out again at once (elsewhere if the path is down) instead of waiting for
@@ -528,7 +528,7 @@ class SessionCore:
         frame.fast = True
         self._transmit(frame, self._retry_path(path, frame.count) if path.down else path, now)
 
-    def _spurious(self, path: Path) -> None:
+    def _spurious(self, path: PathWindow) -> None:
         """The first transmission of a fast-retransmitted frame was answered after all:
         answers on this path come back out of order. Tolerate more reordering from now
         on, and take back the window cut that the false alarm caused."""
@@ -548,7 +548,7 @@ class SessionCore:
             path.outstanding -= 1
             path.budget.outstanding -= 1
 
-    def _source_path(self, port: object, tag: int, src: bytes) -> Path | None:
+    def _source_path(self, port: object, tag: int, src: bytes) -> PathWindow | None:
         """The path a tag went out on, if the answer came back the same way."""
         path = self.paths[tag & 0xFF] if (tag & 0xFF) < len(self.paths) else None
         if path is None or path.io is not port or path.target_mac != src:
@@ -651,7 +651,7 @@ class SessionCore:
         self.completed.append(req)
 
     # --- time ---------------------------------------------------------------------------
-    def on_timer(self, now: float) -> tuple[list[tuple[Path, bytes]], InitiatorError | None]:
+    def on_timer(self, now: float) -> tuple[list[tuple[PathWindow, bytes]], InitiatorError | None]:
         """Retransmit what is overdue, mark silent paths down, spot death.
 
         Returns the Query Config probes to send now (path, frame) and, when the target
@@ -660,7 +660,7 @@ class SessionCore:
         next_check = INF
         oldest = INF
         late: list[InFlight] = []
-        probes: list[tuple[Path, bytes]] = []
+        probes: list[tuple[PathWindow, bytes]] = []
         for tag, frame in self.tags.items():
             if tag != frame.tag:
                 continue
@@ -699,7 +699,7 @@ class SessionCore:
         self.next_check = next_check
         return probes, None
 
-    def _probe(self, path: Path) -> bytes:
+    def _probe(self, path: PathWindow) -> bytes:
         """Directed Query Config on a path marked down: its answer brings the path back."""
         body = ConfigBody(ccmd=ConfigCommand.READ)
         frame = Frame(path.target_mac, path.port.mac, self.shelf, self.slot,

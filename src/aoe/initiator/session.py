@@ -31,7 +31,7 @@ from ..protocol.constants import ATA_HEADER_LEN
 from .core import BATCH, INF, TX_HEAD, Request, SessionCore, SessionStats
 from .discovery import TargetInfo
 from .errors import DiskClosedError, InitiatorError
-from .paths import MAX_WINDOW, MacBudget, Path
+from .window import MAX_WINDOW, MacBudget, PathWindow
 
 log = logging.getLogger("aoe.initiator")
 
@@ -88,7 +88,7 @@ class Session:
         self._io = [_PortIO(p) for p in self._ports]
         io_by_name = {pio.port.ifname: pio for pio in self._io}
         budgets: dict[str, MacBudget] = {}
-        self.paths: list[Path] = []
+        self.paths: list[PathWindow] = []
         for pinfo in info.paths[:256]:
             budget = budgets.setdefault(pinfo.target_mac, MacBudget(pinfo.buffer_count))
             sectors = pinfo.frame_sectors
@@ -96,7 +96,7 @@ class Session:
                 sectors = max(1, min(sectors, frame_sectors))
             pio = io_by_name[pinfo.ifname]
             window = min(MAX_WINDOW if max_window is None else max_window, pio.rx_capacity)
-            path = Path(
+            path = PathWindow(
                     len(self.paths),
                     by_name[pinfo.ifname],
                     bytes.fromhex(pinfo.target_mac.replace(":", "")),

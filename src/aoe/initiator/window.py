@@ -1,4 +1,5 @@
-"""One path to a target (local port + target MAC): its congestion window and RTT estimate.
+"""The window of one path to a target (local port + target MAC): congestion window, RTT
+estimate and retransmit timer.
 
 The window follows AIMD: slow start up to ``ssthresh``, then one frame per window of
 answers (applied inline in the session's receive loop); a round of losses halves it. It
@@ -44,8 +45,8 @@ class MacBudget:
         self.outstanding = 0
 
 
-class Path:
-    """State of one (local interface, target MAC) pair."""
+class PathWindow:
+    """Window, timers and state of one path: a (local interface, target MAC) pair."""
 
     __slots__ = (
         "index",
