@@ -19,9 +19,9 @@ of padded frames out.
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Iterable, Sequence
 
+from ..protocol import fastpath as fp
 from ..protocol import frames as fr
 from ..protocol.ata import POWER_MODE_ACTIVE, AtaErrorBits, AtaOpcode, AtaStatus
 from ..protocol.constants import (
@@ -53,15 +53,12 @@ log = logging.getLogger("aoe.target")
 HEADER = fr.HEADER
 ATA_ARGS = fr.ATA_ARGS
 _HDR_UNPACK = HEADER.unpack_from
-_TAG_UNPACK = struct.Struct("!I").unpack_from
+_TAG_UNPACK = fp.TAG.unpack_from
 _HDR_PACK = HEADER.pack_into
 _ATA_UNPACK = ATA_ARGS.unpack_from
-# The request fields the fast path needs, in one little-endian unpack: dst, src, EtherType
-# (raw), version/flags, shelf+slot (raw, the export key), command, aflags, count, opcode, LBA.
-_REQ_UNPACK = struct.Struct("<6s6s2sBx3sB4xBxBBIH").unpack_from
-# A reply's first 16 bytes in one call: dst, src, EtherType (raw), version/flags, error.
-_REPLY_HEAD = struct.Struct("6s6s2sBB").pack_into
-_ETYPE = ETHERTYPE_AOE.to_bytes(2, "big")
+_REQ_UNPACK = fp.ATA_REQUEST_FIELDS.unpack_from  # the request fields the fast path needs
+_REPLY_HEAD = fp.REPLY_HEAD.pack_into
+_ETYPE = fp.ETHERTYPE_RAW
 
 FIRMWARE_VERSION = 0x0010  # 0.1.0
 DEFAULT_BUFFER_COUNT = 16
