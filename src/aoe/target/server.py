@@ -51,15 +51,6 @@ class InterfaceSpec:
     mtu: int | None = None
 
 
-def _truesize_estimate(frame_len: int) -> int:
-    """Kernel memory one queued frame costs against SO_RCVBUF (data rounded up to a power of
-    two, plus the socket buffer bookkeeping)."""
-    size = 1
-    while size < frame_len + 384:
-        size <<= 1
-    return size + 256
-
-
 class _Port:
     """One served interface: socket, engine and batch buffers."""
 
@@ -157,12 +148,10 @@ class Target:
         for ifs, sock in socks:
             served = [e for e in self.exports
                       if e.spec.interfaces is None or ifs.name in e.spec.interfaces]
-            frame_len = sock.mtu + 14
-            rcvbuf = sock.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            bufcnt = max(1, min(0xFFFF, rcvbuf // _truesize_estimate(frame_len)))
+            bufcnt = min(0xFFFF, sock.queue_capacity(sock.mtu + 14))
             engine = Engine(served, sock.mac, sock.mtu, self.counters, buffer_count=bufcnt)
             slot = -(-engine.frame_size // _SLOT_ROUND) * _SLOT_ROUND
-            batch = FrameBatch(sock.fileno(), self.batch_size, slot)
+            batch = sock.batch(self.batch_size, slot)
             self.ports.append(_Port(ifs.name, sock, engine, batch))
             log.info(
                 "serving",
