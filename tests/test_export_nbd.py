@@ -144,7 +144,8 @@ def test_read_only_export(image: Path, tmp_path: Path) -> None:
         done = run(["nbdcopy", str(src), srv.uri], check=False)
         assert done.returncode != 0 and "read-only" in done.stderr
         # a client that writes anyway gets the server's EPERM
-        if subprocess.run([SYSTEM_PYTHON, "-c", "import nbd"], capture_output=True).returncode:
+        probe = [SYSTEM_PYTHON, "-c", "import nbd"]
+        if subprocess.run(probe, capture_output=True, check=False).returncode:
             pytest.skip("python3-libnbd (nbdsh) is not installed")
         script = ("h.set_strict_mode(0)\n"
                   "try:\n    h.pwrite(b'x' * 512, 0)\nexcept nbd.Error as e:\n"

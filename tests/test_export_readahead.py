@@ -161,8 +161,8 @@ def test_requests_split_at_the_readers_pages_are_served_too(heap: set[int]) -> N
     offset = 48
     assert read_like_fuse(ahead, disk, 0, 48) == disk.data[:48]
     while offset < SIZE:
-        for length in (MiB - 2464, 2464):
-            length = min(length, SIZE - offset)
+        for piece in (MiB - 2464, 2464):
+            length = min(piece, SIZE - offset)
             assert read_like_fuse(ahead, disk, offset, length) == disk.data[offset:offset + length]
             offset += length
     assert ahead.served >= 2 * (SIZE // MiB) - 4

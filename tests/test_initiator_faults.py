@@ -264,9 +264,10 @@ def test_reserved_target(lab: Lab, tmp_path: Path, kind: str) -> None:
                          pad=True))
         sock.settimeout(2)
         assert decode(sock.recv()).error == 0
-    with rig.open() as disk:  # vblade still answers IDENTIFY; I/O is what it refuses
-        with pytest.raises(TargetReservedError, match="reserved by another initiator"):
-            disk.read(0, 4096)
+    # vblade still answers IDENTIFY; I/O is what it refuses
+    with rig.open() as disk, pytest.raises(TargetReservedError,
+                                           match="reserved by another initiator"):
+        disk.read(0, 4096)
 
 
 def test_access_list_excluding_us(lab: Lab, tmp_path: Path) -> None:
@@ -278,9 +279,8 @@ def test_access_list_excluding_us(lab: Lab, tmp_path: Path) -> None:
 
 def test_interface_problems(lab: Lab, tmp_path: Path) -> None:
     rig = make_rig(lab, "vblade", tmp_path, size=1 << 20)
-    with pytest.raises(InterfaceUnusableError, match="does not exist"):
-        with rig.initiator.enter():
-            AoeDisk.open(SHELF, SLOT, ["nosuch0"])
+    with pytest.raises(InterfaceUnusableError, match="does not exist"), rig.initiator.enter():
+        AoeDisk.open(SHELF, SLOT, ["nosuch0"])
     with rig.initiator.enter():
         with pytest.raises(InterfaceUnusableError, match="not an Ethernet"):
             AoeDisk.open(SHELF, SLOT, ["lo"])

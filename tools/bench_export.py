@@ -46,7 +46,7 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def sh(argv: list[str]) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{argv}: {done.stderr.strip()}")
 

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,7 +74,7 @@ def start(kind: str, mtu: int, link: str, size: int, tmp: Path) -> Setup:
             state.mkdir()
             argv = [AOE_BIN, "serve", "--state-dir", str(state), "--no-announce",
                     cable.a_ifname, f"{SHELF}.{SLOT}", str(image)]
-        target.popen(argv, stdout=open(os.devnull, "wb"), stderr=open(os.devnull, "wb"))
+        target.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with initiator.enter():
             ports = open_ports([cable.b_ifname])
             try:

@@ -32,7 +32,8 @@ def sha256(path: Path | str) -> str:
 def run(argv: list[str], timeout: float = 60.0, check: bool = True,
         **kw: object) -> subprocess.CompletedProcess[str]:
     """Run a tool; on failure the assertion shows its output."""
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,  # type: ignore[call-overload]
+                          check=False, **kw)
     if check:
         assert done.returncode == 0, f"{argv} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done  # type: ignore[no-any-return]
@@ -44,8 +45,9 @@ def umount_quietly(path: Path | str, fuse: bool = False) -> None:
     if not os.path.ismount(path):
         return
     argv = ["fusermount3", "-u"] if fuse else ["umount"]
-    if subprocess.run([*argv, path], capture_output=True).returncode != 0:
-        subprocess.run([*argv[:-1], "-uz" if fuse else "-l", path], capture_output=True)
+    if subprocess.run([*argv, path], capture_output=True, check=False).returncode != 0:
+        subprocess.run([*argv[:-1], "-uz" if fuse else "-l", path], capture_output=True,
+                       check=False)
 
 
 class RawNbd:

@@ -25,12 +25,8 @@ nibble = st.integers(0, 15)
 def ata_bodies(draw: st.DrawFn, response: bool) -> AtaBody:
     aflags = draw(u8)
     count = draw(st.integers(0, 3))
-    if response:
-        data = draw(st.binary(min_size=512, max_size=512)) * count
-    elif aflags & 0x01:
-        data = draw(st.binary(min_size=512, max_size=512)) * count
-    else:
-        data = b""
+    data = draw(st.binary(min_size=512, max_size=512)) * count if (
+        response or aflags & 0x01) else b""
     return AtaBody(aflags, draw(u8), count, draw(u8), draw(st.integers(0, (1 << 48) - 1)), data)
 
 

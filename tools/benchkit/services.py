@@ -53,7 +53,8 @@ def fuse_mount(host: Host, address: str, ifname: str, mountpoint: Path) -> Itera
     finally:
         host.lab.kill(proc, grace=10.0)
         if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True,
+                           check=False)
 
 
 @contextmanager
@@ -91,7 +92,7 @@ def wait_port(host: Host, addr: str, port: int, limit: float = 15.0) -> None:
 def run(argv: list[str], timeout: float = 900.0) -> float:
     """Run a command in this namespace; return its wall time in seconds."""
     t0 = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     seconds = time.perf_counter() - t0
     if done.returncode:
         raise BenchError(f"{' '.join(argv)} failed: {done.stderr.strip()[-400:]}")

@@ -97,9 +97,7 @@ def wanted(cap: Captured, target: tuple[int, int] | None, commands: set[int] | N
         shelf, slot = target
         if f.shelf not in (shelf, BROADCAST_SHELF) or f.slot not in (slot, BROADCAST_SLOT):
             return False
-    if commands is not None and (f is None or f.command not in commands):
-        return False
-    return True
+    return commands is None or (f is not None and f.command in commands)
 
 
 def open_sniffer(ifname: str, promiscuous: bool = True) -> RawSocket:

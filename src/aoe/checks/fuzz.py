@@ -231,8 +231,8 @@ def _regions(capacity: int, scratch: tuple[int, int] | None,
         s = SAMPLE_SECTORS
         spans = [(0, s), (max(0, lo - s), min(s, lo)), (lo + n, s), (capacity - s, s)]
     out: list[tuple[int, int]] = []
-    for start, length in spans:
-        start, end = max(0, start), min(capacity, start + length)
+    for first, length in spans:
+        start, end = max(0, first), min(capacity, first + length)
         # Clip away the scratch range.
         for a, b in ((start, min(end, lo)), (max(start, lo + n), end)):
             if b > a and (a, b - a) not in out:

@@ -530,23 +530,27 @@ class Connection:
                 return b""
             return self._read(req.offset, req.length)
         if req.command in (p.CMD_WRITE, p.CMD_WRITE_ZEROES):
-            if self.export.read_only:
-                raise NbdError(p.EPERM, "the export is read-only")
-            if not inside:
-                raise NbdError(p.ENOSPC, "write beyond the end")
-            if req.command == p.CMD_WRITE:
-                if payload:
-                    dev.write(req.offset, payload)
-            else:
-                self._write_zeroes(req.offset, req.length)
-            if req.flags & p.CMD_FLAG_FUA:
-                dev.flush()
+            self._write(req, payload, inside)
             return b""
         if req.command == p.CMD_FLUSH:
             if not self.export.read_only:
                 dev.flush()
             return b""
         raise NbdError(p.EINVAL, f"command {req.command} is not supported")
+
+    def _write(self, req: p.Request, payload: bytes, inside: bool) -> None:
+        """WRITE or WRITE_ZEROES, flushed before the reply when the client asked (FUA)."""
+        if self.export.read_only:
+            raise NbdError(p.EPERM, "the export is read-only")
+        if not inside:
+            raise NbdError(p.ENOSPC, "write beyond the end")
+        if req.command == p.CMD_WRITE:
+            if payload:
+                self._dev.write(req.offset, payload)
+        else:
+            self._write_zeroes(req.offset, req.length)
+        if req.flags & p.CMD_FLAG_FUA:
+            self._dev.flush()
 
     def _write_zeroes(self, offset: int, length: int) -> None:
         zeroes = self.export.zeroes

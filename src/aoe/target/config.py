@@ -94,24 +94,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> ServeConfig:
     default_mtu = data.get("mtu")
     if default_mtu is not None and (not isinstance(default_mtu, int) or default_mtu < 68):
         raise ConfigError(f"mtu: expected an integer MTU, got {default_mtu!r}")
-    ifaces = data.get("interfaces", [])
-    if isinstance(ifaces, str):
-        ifaces = [ifaces]
-    if not isinstance(ifaces, list):
-        raise ConfigError("interfaces: expected a list of names or {name, mtu} tables")
-    for i, item in enumerate(ifaces):
-        if isinstance(item, str):
-            cfg.interfaces.append(InterfaceSpec(item, default_mtu))
-        elif isinstance(item, dict) and isinstance(item.get("name"), str):
-            mtu = item.get("mtu", default_mtu)
-            if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool)):
-                raise ConfigError(f"interfaces[{i}].mtu: expected an integer")
-            extra = set(item) - {"name", "mtu"}
-            if extra:
-                raise ConfigError(f"interfaces[{i}]: unknown keys {', '.join(sorted(extra))}")
-            cfg.interfaces.append(InterfaceSpec(item["name"], mtu))
-        else:
-            raise ConfigError(f"interfaces[{i}]: expected a name or a {{name, mtu}} table")
+    cfg.interfaces = _parse_interfaces(data.get("interfaces", []), default_mtu)
     state_dir = data.get("state_dir")
     if state_dir is not None:
         if not isinstance(state_dir, str):
@@ -132,6 +115,28 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> ServeConfig:
     return cfg
 
 
+def _parse_interfaces(ifaces: Any, default_mtu: int | None) -> list[InterfaceSpec]:
+    """``interfaces = "eth0"``, ``["eth0", ...]`` or ``[{name = "eth0", mtu = 9000}, ...]``."""
+    if isinstance(ifaces, str):
+        ifaces = [ifaces]
+    if not isinstance(ifaces, list):
+        raise ConfigError("interfaces: expected a list of names or {name, mtu} tables")
+    out: list[InterfaceSpec] = []
+    for i, item in enumerate(ifaces):
+        if isinstance(item, str):
+            out.append(InterfaceSpec(item, default_mtu))
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            mtu = item.get("mtu", default_mtu)
+            if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool)):
+                raise ConfigError(f"interfaces[{i}].mtu: expected an integer")
+            extra = set(item) - {"name", "mtu"}
+            if extra:
+                raise ConfigError(f"interfaces[{i}]: unknown keys {', '.join(sorted(extra))}")
+            out.append(InterfaceSpec(item["name"], mtu))
+        else:
+            raise ConfigError(f"interfaces[{i}]: expected a name or a {{name, mtu}} table")
+    return out
+
 def _resolve(path: str, base: Path | None) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() or base is None else base / p
@@ -142,22 +147,7 @@ def _parse_export(ex: dict[str, Any], i: int, base: Path | None) -> ExportSpec:
     unknown = set(ex) - _EXPORT_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
-    if "address" in ex:
-        try:
-            shelf, slot = parse_address(str(ex["address"]))
-        except ValueError as exc:
-            raise ConfigError(f"{where}.address: {exc}") from None
-    elif "shelf" in ex and "slot" in ex:
-        shelf, slot = ex["shelf"], ex["slot"]
-        if not (
-            isinstance(shelf, int)
-            and isinstance(slot, int)
-            and 0 <= shelf <= 0xFFFE
-            and 0 <= slot <= 0xFE
-        ):
-            raise ConfigError(f"{where}: shelf must be 0-65534 and slot 0-254")
-    else:
-        raise ConfigError(f'{where}: needs address = "SHELF.SLOT"')
+    shelf, slot = _export_address(ex, where)
     path = ex.get("path", ex.get("file"))
     if not isinstance(path, str) or not path:
         raise ConfigError(f'{where}: needs path = "/path/to/image-or-device"')
@@ -165,21 +155,8 @@ def _parse_export(ex: dict[str, Any], i: int, base: Path | None) -> ExportSpec:
     for flag in ("read_only", "direct", "sync"):
         if flag in ex and not isinstance(ex[flag], bool):
             raise ConfigError(f"{where}.{flag}: expected true or false")
-    config = ex.get("config")
-    if config is not None:
-        if not isinstance(config, str):
-            raise ConfigError(f"{where}.config: expected a string")
-        config_b: bytes | None = config.encode("utf-8")
-        if len(config_b or b"") > 1024:
-            raise ConfigError(f"{where}.config: longer than 1024 bytes")
-    else:
-        config_b = None
-    ifaces = ex.get("interfaces")
-    if ifaces is not None:
-        if isinstance(ifaces, str):
-            ifaces = [ifaces]
-        if not (isinstance(ifaces, list) and all(isinstance(n, str) for n in ifaces)):
-            raise ConfigError(f"{where}.interfaces: expected a list of interface names")
+    config_b = _export_config(ex.get("config"), where)
+    ifaces = _export_interfaces(ex.get("interfaces"), where)
     for key in ("serial", "model"):
         if key in ex and not isinstance(ex[key], str):
             raise ConfigError(f"{where}.{key}: expected a string")
@@ -197,3 +174,46 @@ def _parse_export(ex: dict[str, Any], i: int, base: Path | None) -> ExportSpec:
         serial=ex.get("serial"),
         model=ex.get("model"),
     )
+
+
+def _export_address(ex: dict[str, Any], where: str) -> tuple[int, int]:
+    """Shelf and slot from ``address = "SHELF.SLOT"`` or from ``shelf`` and ``slot``."""
+    if "address" in ex:
+        try:
+            return parse_address(str(ex["address"]))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.address: {exc}") from None
+    if "shelf" in ex and "slot" in ex:
+        shelf, slot = ex["shelf"], ex["slot"]
+        if not (
+            isinstance(shelf, int)
+            and isinstance(slot, int)
+            and 0 <= shelf <= 0xFFFE
+            and 0 <= slot <= 0xFE
+        ):
+            raise ConfigError(f"{where}: shelf must be 0-65534 and slot 0-254")
+        return shelf, slot
+    raise ConfigError(f'{where}: needs address = "SHELF.SLOT"')
+
+
+def _export_config(config: Any, where: str) -> bytes | None:
+    """The initial config string, as the bytes an initiator will read."""
+    if config is None:
+        return None
+    if not isinstance(config, str):
+        raise ConfigError(f"{where}.config: expected a string")
+    config_b = config.encode("utf-8")
+    if len(config_b) > 1024:
+        raise ConfigError(f"{where}.config: longer than 1024 bytes")
+    return config_b
+
+
+def _export_interfaces(ifaces: Any, where: str) -> list[str] | None:
+    """The interfaces an export is limited to (None: every served interface)."""
+    if ifaces is None:
+        return None
+    if isinstance(ifaces, str):
+        ifaces = [ifaces]
+    if not (isinstance(ifaces, list) and all(isinstance(n, str) for n in ifaces)):
+        raise ConfigError(f"{where}.interfaces: expected a list of interface names")
+    return ifaces

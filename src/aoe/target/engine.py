@@ -467,25 +467,7 @@ class Engine:
                 return self._ata_error(buf, exp, src, tag, _IDNF, ck.ATA_OUT_OF_RANGE)
             pos = exp.base + (lba << 9)
             if is_write:
-                if exp.read_only:
-                    return self._ata_error(buf, exp, src, tag, _ABRT, ck.ATA_READ_ONLY)
-                if exp.reserved and src not in exp.reserved:
-                    return self._aoe_error_in_place(buf, exp, src, tag, AoeError.TARGET_RESERVED)
-                try:
-                    done = exp.write_from(mv[ATA_HEADER_LEN:end], pos) if nbytes else 0
-                except OSError as exc:
-                    log.warning("write_failed", extra={"export": exp.spec.name, "err": str(exc)})
-                    done = -1
-                if done != nbytes:
-                    return self._ata_error(buf, exp, src, tag, _UNC, ck.ATA_IO)
-                c.writes += 1
-                c.bytes_written += nbytes
-                _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot,
-                          0, tag)
-                buf[25] = 0
-                buf[27] = _DRDY
-                buf[ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD[ATA_HEADER_LEN:]
-                return ETH_MIN_FRAME
+                return self._ata_write(buf, mv[ATA_HEADER_LEN:end], nbytes, exp, src, tag, pos)
             if nbytes:
                 try:
                     done = exp.read_into(mv[ATA_HEADER_LEN:end], pos)
@@ -504,6 +486,30 @@ class Engine:
                 return ETH_MIN_FRAME
             return end
         return self._ata_other(buf, exp, src, tag, aflags, feature, count, op, lo)
+
+    def _ata_write(self, buf: Buf, data: memoryview, nbytes: int, exp: Store, src: bytes,
+                   tag: int, pos: int) -> int:
+        """Store a validated WRITE's ``nbytes`` of data at byte ``pos``, then write its reply
+        over it (an error reply if the store took less)."""
+        if exp.read_only:
+            return self._ata_error(buf, exp, src, tag, _ABRT, ck.ATA_READ_ONLY)
+        if exp.reserved and src not in exp.reserved:
+            return self._aoe_error_in_place(buf, exp, src, tag, AoeError.TARGET_RESERVED)
+        try:
+            done = exp.write_from(data, pos) if nbytes else 0
+        except OSError as exc:
+            log.warning("write_failed", extra={"export": exp.spec.name, "err": str(exc)})
+            done = -1
+        if done != nbytes:
+            return self._ata_error(buf, exp, src, tag, _UNC, ck.ATA_IO)
+        c = self.counters
+        c.writes += 1
+        c.bytes_written += nbytes
+        _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot, 0, tag)
+        buf[25] = 0
+        buf[27] = _DRDY
+        buf[ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD[ATA_HEADER_LEN:]
+        return ETH_MIN_FRAME
 
     def _ata_other(self, buf: Buf, exp: Store, src: bytes, tag: int, aflags: int,
                    feature: int, count: int, op: int, lo: int) -> int:

@@ -282,9 +282,10 @@ class Target:
                 log.exception("internal_error", extra={"action": "frame dropped"})
                 c.error(ck.INTERNAL)
                 continue
-            for r in replies:
-                if len(r) < ETH_MIN_FRAME:  # never send a frame the wire would pad
-                    r += bytes(ETH_MIN_FRAME - len(r))
+            for reply in replies:
+                # never send a frame the wire would pad
+                r = reply if len(reply) >= ETH_MIN_FRAME else (
+                    reply + bytes(ETH_MIN_FRAME - len(reply)))
                 try:
                     port.sock.send(r)
                     c.frames_out += 1
@@ -365,37 +366,10 @@ class Target:
 def _open_interface(ifs: InterfaceSpec) -> RawSocket:
     """Check the interface, set its MTU if asked, bring it up and open a raw socket on it."""
     name = ifs.name
-    try:
-        info = link.link_info(name)
-    except link.LinkNotFoundError:
-        raise TargetError(f"no network interface named {name!r}") from None
-    except PermissionError:
-        raise TargetError(f"{name}: permission denied reading the interface (run as root)") \
-            from None
-    except link.LinkError as exc:
-        raise TargetError(f"{name}: {exc}") from None
+    info = _link_info(name)
     if info.name == "lo" or info.mac in (None, "00:00:00:00:00:00"):
         raise TargetError(f"{name} is not an Ethernet interface; AoE needs one")
-    try:
-        if ifs.mtu is not None and ifs.mtu != info.mtu:
-            if ifs.mtu < MIN_MTU:
-                raise TargetError(
-                    f"{name}: MTU {ifs.mtu} is too small for AoE (at least {MIN_MTU})"
-                )
-            link.set_mtu(name, ifs.mtu)
-        if not info.up:
-            link.link_up(name)
-            log.info("interface_up", extra={"interface": name})
-    except link.MtuError as exc:
-        raise TargetError(str(exc)) from None
-    except link.LinkError as exc:
-        raise TargetError(f"{name} is down and cannot be brought up: {exc}") from None
-    except PermissionError:
-        raise TargetError(f"{name}: changing the interface needs root (CAP_NET_ADMIN)") from None
-    except Exception as exc:  # pyroute2 NetlinkError and friends
-        if getattr(exc, "code", None) == 1:
-            raise TargetError(f"{name}: changing the interface needs root") from None
-        raise
+    _prepare_link(ifs, info)
     info = link.link_info(name)
     if not info.up:
         raise TargetError(f"{name} is down and did not come up")
@@ -417,3 +391,41 @@ def _open_interface(ifs: InterfaceSpec) -> RawSocket:
         sock.close()
         raise TargetError(f"{name}: MTU {sock.mtu} is too small")
     return sock
+
+
+def _link_info(name: str) -> link.LinkInfo:
+    """The interface's state, or a TargetError saying why it cannot be read."""
+    try:
+        return link.link_info(name)
+    except link.LinkNotFoundError:
+        raise TargetError(f"no network interface named {name!r}") from None
+    except PermissionError:
+        raise TargetError(f"{name}: permission denied reading the interface (run as root)") \
+            from None
+    except link.LinkError as exc:
+        raise TargetError(f"{name}: {exc}") from None
+
+
+def _prepare_link(ifs: InterfaceSpec, info: link.LinkInfo) -> None:
+    """Set the MTU asked for and bring the interface up, with one-line errors."""
+    name = ifs.name
+    try:
+        if ifs.mtu is not None and ifs.mtu != info.mtu:
+            if ifs.mtu < MIN_MTU:
+                raise TargetError(
+                    f"{name}: MTU {ifs.mtu} is too small for AoE (at least {MIN_MTU})"
+                )
+            link.set_mtu(name, ifs.mtu)
+        if not info.up:
+            link.link_up(name)
+            log.info("interface_up", extra={"interface": name})
+    except link.MtuError as exc:
+        raise TargetError(str(exc)) from None
+    except link.LinkError as exc:
+        raise TargetError(f"{name} is down and cannot be brought up: {exc}") from None
+    except PermissionError:
+        raise TargetError(f"{name}: changing the interface needs root (CAP_NET_ADMIN)") from None
+    except Exception as exc:  # pyroute2 NetlinkError and friends
+        if getattr(exc, "code", None) == 1:
+            raise TargetError(f"{name}: changing the interface needs root") from None
+        raise

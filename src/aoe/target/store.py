@@ -119,38 +119,8 @@ class Store:
     @classmethod
     def open(cls, spec: ExportSpec, state_dir: str | Path | None = None) -> Store:
         """Open the backing store and load (or create) the saved state."""
-        if not 0 <= spec.shelf <= 0xFFFE or not 0 <= spec.slot <= 0xFE:
-            raise StoreError(f"{spec.name}: shelf must be 0-65534 and slot 0-254")
-        if spec.offset < 0 or spec.offset % SECTOR_SIZE:
-            raise StoreError(f"{spec.name}: offset {spec.offset} is not a multiple of 512")
-        if spec.length is not None and (spec.length <= 0 or spec.length % SECTOR_SIZE):
-            raise StoreError(
-                f"{spec.name}: length {spec.length} is not a positive multiple of 512"
-            )
-        if spec.config is not None and len(spec.config) > MAX_CONFIG:
-            raise StoreError(f"{spec.name}: config string is longer than 1024 bytes")
-        flags = os.O_CLOEXEC | (os.O_RDONLY if spec.read_only else os.O_RDWR)
-        if spec.direct:
-            flags |= os.O_DIRECT
-        if spec.sync:
-            flags |= os.O_SYNC
-        try:
-            try:
-                # No access-time update per read (a root target owns what it opens).
-                fd = os.open(spec.path, flags | os.O_NOATIME)
-            except PermissionError:
-                fd = os.open(spec.path, flags)
-        except FileNotFoundError:
-            raise StoreError(f"{spec.name}: {spec.path}: no such file or device") from None
-        except IsADirectoryError:
-            raise StoreError(f"{spec.name}: {spec.path} is a directory") from None
-        except OSError as exc:
-            hint = ""
-            if spec.direct and exc.errno == 22:
-                hint = " (this file system does not support O_DIRECT)"
-            raise StoreError(
-                f"{spec.name}: cannot open {spec.path}: {exc.strerror}{hint}"
-            ) from None
+        _check_spec(spec)
+        fd = _open_fd(spec)
         try:
             try:
                 total, is_device = store_size(fd)
@@ -158,19 +128,7 @@ class Store:
                 raise StoreError(f"{spec.name}: {spec.path}: {exc}") from None
             if spec.direct:
                 _check_direct_alignment(spec, fd, is_device)
-            if spec.offset >= total and total:
-                raise StoreError(
-                    f"{spec.name}: offset {spec.offset} is past the end of {spec.path} "
-                    f"({total} bytes)"
-                )
-            size = total - spec.offset if spec.length is None else spec.length
-            if spec.offset + size > total:
-                raise StoreError(
-                    f"{spec.name}: offset {spec.offset} + length {size} is past the end of "
-                    f"{spec.path} ({total} bytes)"
-                )
-            if size < SECTOR_SIZE:
-                raise StoreError(f"{spec.name}: {spec.path} exports less than one sector")
+            size = _slice_size(spec, total)
             state = _load_state(spec, state_dir)
             return cls(spec, fd, size, state, is_device)
         except BaseException:
@@ -297,6 +255,64 @@ class Store:
             "serial": self.state.serial,
             "state_file": str(self.state.path) if self.state.path else None,
         }
+
+
+def _check_spec(spec: ExportSpec) -> None:
+    """Refuse what no store could serve, before anything is opened."""
+    if not 0 <= spec.shelf <= 0xFFFE or not 0 <= spec.slot <= 0xFE:
+        raise StoreError(f"{spec.name}: shelf must be 0-65534 and slot 0-254")
+    if spec.offset < 0 or spec.offset % SECTOR_SIZE:
+        raise StoreError(f"{spec.name}: offset {spec.offset} is not a multiple of 512")
+    if spec.length is not None and (spec.length <= 0 or spec.length % SECTOR_SIZE):
+        raise StoreError(
+            f"{spec.name}: length {spec.length} is not a positive multiple of 512"
+        )
+    if spec.config is not None and len(spec.config) > MAX_CONFIG:
+        raise StoreError(f"{spec.name}: config string is longer than 1024 bytes")
+
+
+def _open_fd(spec: ExportSpec) -> int:
+    """The backing file or device opened as the spec asks, or a StoreError saying why not."""
+    flags = os.O_CLOEXEC | (os.O_RDONLY if spec.read_only else os.O_RDWR)
+    if spec.direct:
+        flags |= os.O_DIRECT
+    if spec.sync:
+        flags |= os.O_SYNC
+    try:
+        try:
+            # No access-time update per read (a root target owns what it opens).
+            return os.open(spec.path, flags | os.O_NOATIME)
+        except PermissionError:
+            return os.open(spec.path, flags)
+    except FileNotFoundError:
+        raise StoreError(f"{spec.name}: {spec.path}: no such file or device") from None
+    except IsADirectoryError:
+        raise StoreError(f"{spec.name}: {spec.path} is a directory") from None
+    except OSError as exc:
+        hint = ""
+        if spec.direct and exc.errno == 22:
+            hint = " (this file system does not support O_DIRECT)"
+        raise StoreError(
+            f"{spec.name}: cannot open {spec.path}: {exc.strerror}{hint}"
+        ) from None
+
+
+def _slice_size(spec: ExportSpec, total: int) -> int:
+    """Bytes exported from a store of ``total`` bytes: the slice the spec names."""
+    if spec.offset >= total and total:
+        raise StoreError(
+            f"{spec.name}: offset {spec.offset} is past the end of {spec.path} "
+            f"({total} bytes)"
+        )
+    size = total - spec.offset if spec.length is None else spec.length
+    if spec.offset + size > total:
+        raise StoreError(
+            f"{spec.name}: offset {spec.offset} + length {size} is past the end of "
+            f"{spec.path} ({total} bytes)"
+        )
+    if size < SECTOR_SIZE:
+        raise StoreError(f"{spec.name}: {spec.path} exports less than one sector")
+    return size
 
 
 def _check_direct_alignment(spec: ExportSpec, fd: int, is_device: bool) -> None:
