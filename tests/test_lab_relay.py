@@ -12,6 +12,8 @@ import pytest
 from aoe.lab import Lab
 from aoe.lab.pair import netns_unavailable_reason
 from aoe.lab.relay import Impairment, RelayConfig, RelayHandle
+from aoe.net.rawsock import RawSocket
+from aoe.protocol.mac import parse_mac
 from tests.support.wire import aoe_frame, aoe_socket
 
 _SKIP = netns_unavailable_reason()
@@ -93,14 +95,11 @@ def test_relay_ignores_other_ethertypes(lab: Lab) -> None:
     a, b = lab.host("a"), lab.host("b")
     relay = lab.relay_between(a, b)
     with b.enter():
-        rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
-        rx.bind((relay.b_ifname, 0x88B5))
-        rx.settimeout(0.2)
+        rx = RawSocket(relay.b_ifname, 0x88B5, timeout=0.2)
     with a.enter():
-        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
-        tx.bind((relay.a_ifname, 0x88B5))
+        tx = RawSocket(relay.a_ifname, 0x88B5)
     with rx, tx:
-        other = bytes.fromhex(relay.b_mac.replace(":", "")) * 2 + b"\x88\xb5" + bytes(50)
+        other = parse_mac(relay.b_mac) * 2 + b"\x88\xb5" + bytes(50)
         tx.send(other)
         with pytest.raises(TimeoutError):
             rx.recv(2048)
