@@ -409,7 +409,7 @@ class SessionCore:
             self.next_check = now + path.rto
 
     # --- receiving ----------------------------------------------------------------------
-    def on_answers(  # noqa: C901 - the per-frame loop stays whole: a call per frame costs more
+    def on_answers(  # noqa: C901 - the per-frame hot path, kept in one piece
             self, now: float, port: object, buf: Any, mv: memoryview,
             lengths: Sequence[int], count: int, size: int) -> None:
         """Take ``count`` frames received on ``port``: frame i is ``lengths[i]`` bytes at

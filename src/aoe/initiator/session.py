@@ -299,7 +299,8 @@ class Session:
                 self._on_timer(now)
 
     def _on_timer(self, now: float) -> None:
-        """Let the core retransmit and judge silence; send its probes, honour its verdict."""
+        """Let the core run its timers; send the probes it asks for; end the session if
+        it found the target dead."""
         probes, dead = self.core.on_timer(now)
         for path, frame in probes:
             try:
