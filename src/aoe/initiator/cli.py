@@ -150,9 +150,10 @@ def info(
     as_json: bool,
 ) -> None:
     """Show what an AoE target (SHELF.SLOT) reports and how it is reached."""
-    with _friendly_errors(), AoeDisk.open(*target, ifaces or None, timeout=timeout,
-                      dead_timeout=dead_time) as disk:
-        details = _disk_details(disk)
+    with _friendly_errors():
+        with AoeDisk.open(*target, ifaces or None, timeout=timeout,
+                          dead_timeout=dead_time) as disk:
+            details = _disk_details(disk)
     if as_json:
         click.echo(json.dumps(details, indent=2))
         return
@@ -271,23 +272,24 @@ def copy(
     bar = _ProgressBar() if show else None
     address = src_addr or dst_addr
     assert address is not None
-    with _friendly_errors(), AoeDisk.open(*address, ifaces or None, timeout=timeout,
-                      dead_timeout=dead_time) as disk:
-        try:
-            if src_addr is not None:
-                check_range(disk.size, offset, length)  # before the file is truncated
-                with _open_file(dest, "w+b") as out:
-                    result = copy_from_disk(disk, out, offset, length, sparse=sparse,
-                                            verify=verify, progress=bar)
-            else:
-                with _open_file(source, "rb") as src:
-                    result = copy_to_disk(disk, src, offset, length, verify=verify,
-                                          progress=bar)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
-        finally:
-            if bar is not None:
-                bar.finish()
+    with _friendly_errors():
+        with AoeDisk.open(*address, ifaces or None, timeout=timeout,
+                          dead_timeout=dead_time) as disk:
+            try:
+                if src_addr is not None:
+                    check_range(disk.size, offset, length)  # before the file is truncated
+                    with _open_file(dest, "w+b") as out:
+                        result = copy_from_disk(disk, out, offset, length, sparse=sparse,
+                                                verify=verify, progress=bar)
+                else:
+                    with _open_file(source, "rb") as src:
+                        result = copy_to_disk(disk, src, offset, length, verify=verify,
+                                              progress=bar)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
+            finally:
+                if bar is not None:
+                    bar.finish()
     click.echo(_summary(result), err=True)
 
 
