@@ -284,49 +284,74 @@ class Engine:
     def _flush_run(self, exp: Store, write: bool, pos: int, end: int,
                    bufs: list[memoryview], idx: list[int], views: Sequence[memoryview],
                    out: list[int]) -> None:
-        """Carry out a run of adjacent validated requests of one kind with one store call:
-        reads land in the (already addressed) reply slots; writes are stored from the slots
-        they came in, and only then get their 60-byte replies.
+        """Carry out a run of adjacent validated requests of one kind with one call."""
+        if write:
+            self._write_run(exp, pos, end, bufs, idx, views, out)
+        else:
+            self._read_run(exp, pos, end, bufs, idx, views, out)
 
-        If the store call fails or comes up short, each frame is done alone, so only those
-        that really fail get the error (rewriting what did land is harmless: same data,
-        same place)."""
+    def _write_run(self, exp: Store, pos: int, end: int, bufs: list[memoryview],
+                   idx: list[int], views: Sequence[memoryview], out: list[int]) -> None:
+        """Store the data of a run of adjacent writes with one store call, then finish their
+        (already addressed) 60-byte replies."""
         c = self.counters
         want = end - pos
         try:
-            got = exp.writev_from(bufs, pos) if write else exp.readv_into(bufs, pos)
+            got = exp.writev_from(bufs, pos)
         except OSError as exc:
-            log.warning("write_failed" if write else "read_failed",
-                        extra={"export": exp.spec.name, "err": str(exc)})
+            log.warning("write_failed", extra={"export": exp.spec.name, "err": str(exc)})
             got = -1
         if got == want:
-            if write:
-                c.writes += len(bufs)
-                c.bytes_written += want
-                for i in idx:
-                    views[i][ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD_ACK
-            else:
-                c.reads += len(bufs)
-                c.bytes_read += want
+            c.writes += len(bufs)
+            c.bytes_written += want
+            for i in idx:
+                views[i][ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD_ACK
             return
-        one = exp.write_from if write else exp.read_into
+        # Short or failed: write each frame alone so only those that really fail get the
+        # error (rewriting what did land is harmless: same data, same place).
         for view, i in zip(bufs, idx, strict=True):
             p = pos
             pos += len(view)
             try:
-                ok = one(view, p) == len(view)
+                ok = exp.write_from(view, p) == len(view)
             except OSError:
                 ok = False
-            if not ok:
-                self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
-                out[i] = ETH_MIN_FRAME
-            elif write:
+            if ok:
                 c.writes += 1
                 c.bytes_written += len(view)
                 views[i][ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD_ACK
             else:
+                self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
+                out[i] = ETH_MIN_FRAME
+
+    def _read_run(self, exp: Store, pos: int, end: int, bufs: list[memoryview],
+                  idx: list[int], views: Sequence[memoryview], out: list[int]) -> None:
+        """Fill the data of a run of adjacent validated reads with one store call."""
+        c = self.counters
+        want = end - pos
+        try:
+            got = exp.readv_into(bufs, pos)
+        except OSError as exc:
+            log.warning("read_failed", extra={"export": exp.spec.name, "err": str(exc)})
+            got = -1
+        if got == want:
+            c.reads += len(bufs)
+            c.bytes_read += want
+            return
+        # Retry each frame alone so only the ones that really fail get the error.
+        for view, i in zip(bufs, idx, strict=True):
+            p = pos
+            pos += len(view)
+            try:
+                ok = exp.read_into(view, p) == len(view)
+            except OSError:
+                ok = False
+            if ok:
                 c.reads += 1
                 c.bytes_read += len(view)
+            else:
+                self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
+                out[i] = ETH_MIN_FRAME
 
     def _ata_error_rewrite(self, buf: memoryview, exp: Store, err: int, kind: str) -> None:
         """Turn a reply header already written into an ATA error reply (keeps the tag)."""
