@@ -10,6 +10,8 @@ import pytest
 from aoe.lab import Lab, created_namespaces, list_netns
 from aoe.lab.pair import TwoHosts, make_two_hosts, netns_unavailable_reason
 
+from .support.target import Client
+
 NETNS_SKIP_REASON = netns_unavailable_reason()
 needs_netns = pytest.mark.skipif(NETNS_SKIP_REASON is not None, reason=NETNS_SKIP_REASON or "")
 
@@ -46,6 +48,14 @@ def two_hosts_jumbo(lab: Lab) -> TwoHosts:
 def two_hosts_any_mtu(request: pytest.FixtureRequest, lab: Lab) -> TwoHosts:
     """Runs the test once at MTU 1500 and once at MTU 9000."""
     return make_two_hosts(lab, mtu=request.param)
+
+
+@pytest.fixture
+def client(two_hosts: TwoHosts) -> Iterator[Client]:
+    """A raw-socket AoE client on the initiator host of ``two_hosts``."""
+    c = Client(two_hosts.initiator)
+    yield c
+    c.close()
 
 
 @pytest.fixture

@@ -54,13 +54,6 @@ def _start(kind: str, th: TwoHosts, tmp_path: Path, client: Client) -> RunningTa
     return start_vblade(th, image, client=client)
 
 
-@pytest.fixture
-def client(two_hosts: TwoHosts) -> Iterator[Client]:
-    c = Client(two_hosts.initiator)
-    yield c
-    c.close()
-
-
 @pytest.fixture(params=KINDS)
 def target(request: pytest.FixtureRequest, two_hosts: TwoHosts, tmp_path: Path,
            client: Client) -> Iterator[RunningTarget]:

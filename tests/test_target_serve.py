@@ -51,13 +51,6 @@ OTHER = bytes.fromhex("02bb00000001")
 
 
 @pytest.fixture
-def client(two_hosts: TwoHosts) -> Iterator[Client]:
-    c = Client(two_hosts.initiator)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def served(two_hosts: TwoHosts, tmp_path: Path) -> Iterator[RunningTarget]:
     rt = start_pyaoe(two_hosts, make_image(tmp_path / "disk.img", 8 << 20), tmp_path / "state")
     yield rt
