@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 
-from aoe.initiator.commands import SizeType, human_size
+from aoe.initiator.cli import SizeType, human_size
 from aoe.initiator.copy import VerifyError, copy_from_disk, copy_to_disk
 from aoe.initiator.discovery import PathInfo, TargetInfo
 from aoe.initiator.disk import _RangeLock

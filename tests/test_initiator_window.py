@@ -14,7 +14,7 @@ from aoe.initiator.copy import copy_from_disk, copy_to_disk
 from aoe.initiator.window import MAX_WINDOW
 from aoe.lab import Lab
 
-from .test_initiator_helpers import make_rig
+from .support.initiator import make_rig
 
 pytestmark = pytest.mark.netns
 
