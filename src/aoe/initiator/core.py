@@ -282,7 +282,7 @@ class SessionCore:
             return failed
         return min(others, key=lambda p: p.outstanding / p.cwnd)
 
-    def next_frames(self, now: float) -> None:
+    def next_frames(self, now: float) -> None:  # noqa: C901 - per-frame hot path, one piece
         """Cut pending requests into frames, into the outboxes, while some path has room
         in its window.
 
@@ -409,8 +409,9 @@ class SessionCore:
             self.next_check = now + path.rto
 
     # --- receiving ----------------------------------------------------------------------
-    def on_answers(self, now: float, port: object, buf: Any, mv: memoryview,
-                   lengths: Sequence[int], count: int, size: int) -> None:
+    def on_answers(  # noqa: C901 - the per-frame hot path, kept in one piece
+            self, now: float, port: object, buf: Any, mv: memoryview,
+            lengths: Sequence[int], count: int, size: int) -> None:
         """Take ``count`` frames received on ``port``: frame i is ``lengths[i]`` bytes at
         ``i * size`` in ``buf`` (``mv`` is a memoryview of it). Read data goes straight
         from there into the callers' buffers."""

@@ -296,14 +296,19 @@ class Session:
                 else:
                     self._receive(by_fd[fd], now)
             if now >= core.next_check:
-                probes, dead = core.on_timer(now)
-                for path, frame in probes:
-                    try:
-                        path.io.port.send(frame)
-                    except OSError:
-                        path.send_errors += 1
-                if dead is not None:
-                    self._fail_everything(dead)
+                self._on_timer(now)
+
+    def _on_timer(self, now: float) -> None:
+        """Let the core run its timers; send the probes it asks for; end the session if
+        it found the target dead."""
+        probes, dead = self.core.on_timer(now)
+        for path, frame in probes:
+            try:
+                path.io.port.send(frame)
+            except OSError:
+                path.send_errors += 1
+        if dead is not None:
+            self._fail_everything(dead)
 
     def _receive(self, pio: _PortIO, now: float) -> int:
         """Take every waiting frame from one port, a batch per system call, into the core;
