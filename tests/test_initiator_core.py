@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from aoe.initiator.core import BATCH, TX_HEAD, Request, SessionCore
-from aoe.initiator.errors import TargetDeadError
+from aoe.initiator.errors import MtuMismatchError, TargetDeadError, TargetReservedError
 from aoe.initiator.window import INITIAL_SLACK, INITIAL_WINDOW, MacBudget, PathWindow
 from aoe.protocol import (
     ATA_HEADER_LEN,
     SECTOR_SIZE,
+    AoeError,
     AtaBody,
     AtaFlag,
     AtaOpcode,
@@ -25,6 +26,7 @@ from aoe.protocol import (
     Command,
     ConfigBody,
     Frame,
+    HeaderFlag,
     decode,
     encode,
     response_to,
@@ -424,3 +426,43 @@ def test_an_ata_error_fails_the_request_and_cancels_its_other_frames() -> None:
     assert not h.core.tags
     h.answer(sent)
     assert h.core.take_completed() == []
+
+
+def test_probes_answered_but_no_data_frame_means_an_mtu_mismatch() -> None:
+    h = Harness()
+    path = h.paths[0]
+    req, _ = h.read(0, 2)
+    h.sent()
+    t0 = h.now
+    probes: list[tuple[PathWindow, bytes]] = []
+    while not probes:  # data frames go unanswered until the path is marked down
+        probes = h.tick(path.rto + 1e-6)
+    h.drain()
+    query = decode(probes[0][1])
+    reply = response_to(query, TARGET_MACS[0], ConfigBody(buffer_count=16, sector_count=2))
+    h.deliver([encode(reply, pad=True)])  # small frames get through
+    assert not path.down
+    h.now = t0 + DEAD
+    _probes, dead = h.core.on_timer(h.now)
+    assert isinstance(dead, MtuMismatchError)
+    assert "answers Query Config" in str(dead) and "1060 bytes" in str(dead)
+
+
+def test_an_aoe_error_answer_fails_the_request_with_its_meaning() -> None:
+    h = Harness()
+    req, _ = h.read(0, 4)
+    sent = h.sent()
+    reply = response_to(sent[0].frame, TARGET_MACS[0], b"", error=AoeError.TARGET_RESERVED)
+    assert reply.flags & HeaderFlag.ERROR
+    h.deliver([encode(reply, pad=True)])
+    assert h.core.take_completed() == [req]
+    assert isinstance(req.error, TargetReservedError)
+    assert not h.core.tags  # its other frame was cancelled too
+    # The same error from another shelf.slot is not ours to act on.
+    h2 = Harness()
+    req2, _ = h2.read(0, 2)
+    [s] = h2.sent()
+    other = response_to(s.frame, TARGET_MACS[0], b"", error=AoeError.TARGET_RESERVED)
+    other.slot = SLOT + 1
+    h2.deliver([encode(other, pad=True)])
+    assert h2.core.take_completed() == [] and h2.core.stats.wrong_address == 1

@@ -4,6 +4,7 @@ lock, size parsing, and the copy pipeline on an in-memory block device."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from aoe.initiator.cli import SizeType, human_size
 from aoe.initiator.copy import VerifyError, copy_from_disk, copy_to_disk
+from aoe.initiator.discovery import PathInfo, TargetInfo
 from aoe.initiator.disk import _RangeLock
 from aoe.initiator.window import INITIAL_WINDOW, MacBudget, PathWindow
 
@@ -155,3 +157,17 @@ def test_copy_in_range_and_verify_failure() -> None:
 
     with pytest.raises(VerifyError, match="verify failed"):
         copy_to_disk(Liar(bytes(4096)), io.BytesIO(b"x" * 4096), verify=True)
+
+
+def test_macs_are_bytes_inside_and_text_only_in_the_dict_form() -> None:
+    local, target = b"\x02\x00\x00\x00\x00\x01", b"\x02\xaa\xbb\xcc\xdd\xee"
+    info = TargetInfo(1, 2, [PathInfo("eth0", local, target, 9000, 16, 17, 0.001)])
+    assert info.target_macs == [target]
+    out = json.loads(json.dumps(info.as_dict()))
+    assert out["target_macs"] == ["02:aa:bb:cc:dd:ee"]
+    assert out["paths"][0]["local_mac"] == "02:00:00:00:00:01"
+    assert out["paths"][0]["target_mac"] == "02:aa:bb:cc:dd:ee"
+    assert info.paths[0].target_mac == target  # as_dict left the path itself alone
+    window = PathWindow(0, _Port(), info.paths[0].target_mac, 1, 2, MacBudget(16), 17, 0.001,
+                        0.005, 0.5)
+    assert window.describe() == "eth0->02:aa:bb:cc:dd:ee"

@@ -17,7 +17,7 @@ import click
 
 from ..cli_types import AddressType, SizeType
 from ..net.link import LinkError
-from ..protocol import parse_address
+from ..protocol import format_mac, parse_address
 from .copy import CopyResult, VerifyError, check_range, copy_from_disk, copy_to_disk
 from .discovery import TargetInfo
 from .discovery import discover as discover_targets
@@ -78,7 +78,7 @@ def _friendly_errors() -> Iterator[None]:
 
 # --- discover -------------------------------------------------------------------------
 def _paths_text(info: TargetInfo) -> str:
-    return ", ".join(f"{p.ifname}>{p.target_mac}" for p in info.paths)
+    return ", ".join(f"{p.ifname}>{format_mac(p.target_mac)}" for p in info.paths)
 
 
 def _table(targets: list[TargetInfo]) -> str:

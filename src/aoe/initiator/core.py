@@ -282,7 +282,7 @@ class SessionCore:
             return failed
         return min(others, key=lambda p: p.outstanding / p.cwnd)
 
-    def next_frames(self, now: float) -> None:
+    def next_frames(self, now: float) -> None:  # noqa: C901 - per-frame hot path, one piece
         """Cut pending requests into frames, into the outboxes, while some path has room
         in its window.
 

@@ -43,11 +43,12 @@ RESEND_INTERVAL = 0.25  # seconds between Query Configs while collecting answers
 
 @dataclass
 class PathInfo:
-    """One way to reach a target: a local interface and one of the target's MACs."""
+    """One way to reach a target: a local interface and one of the target's MACs (both
+    MACs as the 6 bytes on the wire; as_dict() and the CLI show them as text)."""
 
     ifname: str
-    local_mac: str
-    target_mac: str
+    local_mac: bytes
+    target_mac: bytes
     mtu: int  # of the local interface
     buffer_count: int  # what this target MAC announced
     max_sectors: int  # sectors per ATA command this target MAC announced
@@ -93,7 +94,7 @@ class TargetInfo:
         return list(dict.fromkeys(p.ifname for p in self.paths))
 
     @property
-    def target_macs(self) -> list[str]:
+    def target_macs(self) -> list[bytes]:
         return list(dict.fromkeys(p.target_mac for p in self.paths))
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,8 +105,10 @@ class TargetInfo:
         out["config"] = self.config.decode("utf-8", "replace")
         for path, as_dict in zip(self.paths, out["paths"], strict=True):
             as_dict["frame_sectors"] = path.frame_sectors
+            as_dict["local_mac"] = format_mac(path.local_mac)
+            as_dict["target_mac"] = format_mac(path.target_mac)
         out["interfaces"] = self.ifnames
-        out["target_macs"] = self.target_macs
+        out["target_macs"] = [format_mac(mac) for mac in self.target_macs]
         return out
 
 
@@ -203,8 +206,8 @@ def query_config(
             info.paths.append(
                 PathInfo(
                     port.ifname,
-                    format_mac(port.mac),
-                    format_mac(frame.src),
+                    port.mac,
+                    frame.src,
                     port.mtu,
                     body.buffer_count,
                     body.sector_count,
@@ -228,7 +231,7 @@ def identify(
     for attempt in range(tries * max(1, len(info.paths))):
         path = info.paths[attempt % len(info.paths)]
         port = by_name[path.ifname]
-        dst = bytes.fromhex(path.target_mac.replace(":", ""))
+        dst = path.target_mac
         tag = (tag + 1) | 0x80000000
         port.send(identify_frame(dst, port.mac, info.shelf, info.slot, tag & 0xFFFFFFFF))
         deadline = [time.monotonic() + timeout]

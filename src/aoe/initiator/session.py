@@ -87,7 +87,7 @@ class Session:
         by_name = {p.ifname: p for p in self._ports}
         self._io = [_PortIO(p) for p in self._ports]
         io_by_name = {pio.port.ifname: pio for pio in self._io}
-        budgets: dict[str, MacBudget] = {}
+        budgets: dict[bytes, MacBudget] = {}
         self.paths: list[PathWindow] = []
         for pinfo in info.paths[:256]:
             budget = budgets.setdefault(pinfo.target_mac, MacBudget(pinfo.buffer_count))
@@ -99,7 +99,7 @@ class Session:
             path = PathWindow(
                     len(self.paths),
                     by_name[pinfo.ifname],
-                    bytes.fromhex(pinfo.target_mac.replace(":", "")),
+                    pinfo.target_mac,
                     self.shelf,
                     self.slot,
                     budget,

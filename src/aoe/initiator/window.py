@@ -18,6 +18,7 @@ from typing import Any
 from ..net.rawsock import RawSocket
 from ..protocol.constants import ETHERTYPE_AOE, Command
 from ..protocol.fastpath import ATA_PREFIX
+from ..protocol.mac import format_mac
 
 INITIAL_WINDOW = 4
 INITIAL_SLACK = 3  # later frames answered before an earlier one counts as lost
@@ -192,5 +193,4 @@ class PathWindow:
             self.cwnd = float(min(INITIAL_WINDOW, self.limit))
 
     def describe(self) -> str:
-        mac = ":".join(f"{b:02x}" for b in self.target_mac)
-        return f"{self.ifname}->{mac}"
+        return f"{self.ifname}->{format_mac(self.target_mac)}"

@@ -148,7 +148,7 @@ class Engine:
                 raise ValueError(f"two exports share the address {e.shelf}.{e.slot}")
             self._by_key[e.key] = e
         self._by_addr: dict[bytes, Store] = {
-            e.shelf.to_bytes(2, "big") + bytes([e.slot]): e for e in self.exports
+            fp.address_key(e.shelf, e.slot): e for e in self.exports
         }
         # Room for the largest frame the MTU allows (Ethernet header included).
         self.frame_size = max(mtu + 14, ATA_HEADER_LEN + SECTOR_SIZE + 64)
