@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_types import ADDRESS, SIZE
+from ..cli_types import ADDRESS, MAC, SIZE
 from .config import ConfigError, ServeConfig, load_config
 from .counters import Counters
 from .export import ExportError, ExportSpec
@@ -73,13 +73,20 @@ def _print_counters(counters: Counters, as_json: bool) -> None:
 @click.option("--no-announce", is_flag=True, help="Do not broadcast a Query Config on start.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Frames taken per system call.")
+@click.option("--allow", "allow", multiple=True, type=MAC, metavar="MAC",
+              help="Only this initiator may use the export (repeatable; seeds the mask list).")
+@click.option("--keep-state", is_flag=True,
+              help="Saved config string and mask list win over the command line and TOML.")
+@click.option("--force", is_flag=True,
+              help="Serve even if another target answers for the address or the store is "
+                   "mounted, loop-attached or held.")
 @click.option("--json", "as_json", is_flag=True, help="Counters and logs as JSON lines.")
 @click.option("-v", "--verbose", count=True, help="-v: start-up and state changes; -vv: all.")
 def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
           config_path: str | None, mtu: int | None, offset: int, length: int | None,
           read_only: bool, direct: bool, sync_: bool, config_string: str | None,
-          state_dir: str | None, no_announce: bool, batch: int, as_json: bool,
-          verbose: int) -> None:
+          state_dir: str | None, no_announce: bool, batch: int, allow: tuple[bytes, ...],
+          keep_state: bool, force: bool, as_json: bool, verbose: int) -> None:
     """Serve FILE (a disk image or block device) as AoE target SHELF.SLOT on IFACE.
 
     \b
@@ -92,11 +99,16 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
     setup_logging(verbose, as_json)
     cfg = _build_config(iface, address, file, config_path, mtu, offset, length, read_only,
                         direct, sync_, config_string, state_dir)
+    for spec in cfg.exports:
+        if allow and spec.allow is None:
+            spec.allow = list(allow)
+        spec.force = spec.force or force
     check_privileges()
     counters = Counters()
-    target = Target(cfg.exports, cfg.interfaces, state_dir=cfg.state_dir,
-                    announce=not no_announce, batch=batch, counters=counters)
     try:
+        target = Target(cfg.exports, cfg.interfaces, state_dir=cfg.state_dir,
+                        announce=not no_announce, batch=batch, counters=counters,
+                        keep_state=keep_state)
         target.open()
     except (TargetError, ExportError, StateError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -7,8 +7,10 @@ reservations). The request engine reads the plain attributes directly on its fas
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import stat
@@ -21,6 +23,8 @@ from ..protocol.constants import SECTOR_SIZE
 from ..protocol.identify import IdentifyInfo, build_identify
 from ..protocol.mac import format_mac
 from .state import ExportState
+
+log = logging.getLogger("aoe.target")
 
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
@@ -48,6 +52,8 @@ class ExportSpec:
     interfaces: list[str] | None = None  # None: every interface the target serves
     serial: str | None = None
     model: str | None = None
+    allow: list[bytes] | None = None  # MACs seeded into the mask list at start (None: keep)
+    force: bool = False  # serve even a store that is held elsewhere (mounted, loop-attached)
 
     @property
     def name(self) -> str:
@@ -115,7 +121,8 @@ class Export:
 
     # --- construction ---------------------------------------------------------------
     @classmethod
-    def open(cls, spec: ExportSpec, state_dir: str | Path | None = None) -> Export:
+    def open(cls, spec: ExportSpec, state_dir: str | Path | None = None,
+             keep_state: bool = False) -> Export:
         """Open the backing store and load (or create) the saved state."""
         if not 0 <= spec.shelf <= 0xFFFE or not 0 <= spec.slot <= 0xFE:
             raise ExportError(f"{spec.name}: shelf must be 0-65534 and slot 0-254")
@@ -132,6 +139,9 @@ class Export:
             flags |= os.O_DIRECT
         if spec.sync:
             flags |= os.O_SYNC
+        exclusive = not (spec.read_only or spec.force) and _is_block_device(spec.path)
+        if exclusive:
+            flags |= os.O_EXCL  # on a block device: fails while mounted or held elsewhere
         try:
             try:
                 # No access-time update per read (a root target owns what it opens).
@@ -143,6 +153,11 @@ class Export:
         except IsADirectoryError:
             raise ExportError(f"{spec.name}: {spec.path} is a directory") from None
         except OSError as exc:
+            if exclusive and exc.errno == errno.EBUSY:
+                raise ExportError(
+                    f"{spec.name}: {spec.path} is in use (mounted, or held by another "
+                    "program); serving it writable would mix two writers "
+                    "(use --read-only, or --force)") from None
             hint = ""
             if spec.direct and exc.errno == 22:
                 hint = " (this file system does not support O_DIRECT)"
@@ -156,6 +171,8 @@ class Export:
                 raise ExportError(f"{spec.name}: {spec.path}: {exc}") from None
             if spec.direct:
                 _check_direct_alignment(spec, fd, is_device)
+            if not is_device and not (spec.read_only or spec.force):
+                _refuse_if_attached(spec, fd)
             if spec.offset >= total and total:
                 raise ExportError(
                     f"{spec.name}: offset {spec.offset} is past the end of {spec.path} "
@@ -169,7 +186,12 @@ class Export:
                 )
             if size < SECTOR_SIZE:
                 raise ExportError(f"{spec.name}: {spec.path} exports less than one sector")
-            state = _load_state(spec, state_dir)
+            if size % SECTOR_SIZE:
+                log.warning("partial_sector", extra={
+                    "export": spec.name, "path": spec.path, "size": size,
+                    "bytes_not_served": size % SECTOR_SIZE,
+                    "why": "a disk is whole 512-byte sectors; the tail is not exported"})
+            state = _load_state(spec, state_dir, keep_state)
             return cls(spec, fd, size, state, is_device)
         except BaseException:
             os.close(fd)
@@ -271,6 +293,72 @@ class Export:
         }
 
 
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def loop_devices_of(fd: int) -> list[str]:
+    """The loop devices (e.g. ``/dev/loop3``) whose backing file is the open file ``fd``."""
+    st = os.fstat(fd)
+    found = []
+    try:
+        names = os.listdir("/sys/block")
+    except OSError:
+        return []
+    for name in sorted(names):
+        if not name.startswith("loop"):
+            continue
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                backing = f.read().rstrip("\n")
+        except OSError:
+            continue  # not attached
+        if backing.endswith(" (deleted)"):
+            continue
+        try:
+            bst = os.stat(backing)
+        except OSError:
+            continue
+        if (bst.st_dev, bst.st_ino) == (st.st_dev, st.st_ino):
+            found.append(f"/dev/{name}")
+    return found
+
+
+def mount_points_of(device: str) -> list[str]:
+    """Where ``device`` (e.g. ``/dev/loop3``) is mounted, as this process sees it."""
+    try:
+        rdev = os.stat(device).st_rdev
+    except OSError:
+        return []
+    want = f"{os.major(rdev)}:{os.minor(rdev)}"
+    out = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[2] == want:
+                    out.append(fields[4])
+    except OSError:
+        pass
+    return out
+
+
+def _refuse_if_attached(spec: ExportSpec, fd: int) -> None:
+    """An image attached to a loop device (and so perhaps mounted) has another writer."""
+    loops = loop_devices_of(fd)
+    if not loops:
+        return
+    where = [m for dev in loops for m in mount_points_of(dev)]
+    held = f"attached to {', '.join(loops)}"
+    if where:
+        held += f" and mounted on {', '.join(where)}"
+    raise ExportError(f"{spec.name}: {spec.path} is {held}; serving it writable would mix "
+                      "two writers (use --read-only, or --force)")
+
+
 def _check_direct_alignment(spec: ExportSpec, fd: int, is_device: bool) -> None:
     block = SECTOR_SIZE
     if is_device:
@@ -292,7 +380,8 @@ def state_file_name(spec: ExportSpec) -> str:
     return f"{spec.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
 
 
-def _load_state(spec: ExportSpec, state_dir: str | Path | None) -> ExportState:
+def _load_state(spec: ExportSpec, state_dir: str | Path | None,
+                keep_state: bool = False) -> ExportState:
     path = None
     if state_dir is not None:
         d = Path(state_dir)
@@ -307,6 +396,10 @@ def _load_state(spec: ExportSpec, state_dir: str | Path | None) -> ExportState:
         state = ExportState(path=path)
         if spec.config is not None:
             state.config = spec.config
+        if spec.allow is not None:
+            state.masks = list(spec.allow)
+    else:
+        fresh = _settle_state(spec, state, keep_state)
     if spec.serial:
         state.serial = spec.serial
     elif not state.serial:
@@ -314,3 +407,35 @@ def _load_state(spec: ExportSpec, state_dir: str | Path | None) -> ExportState:
     if fresh:
         state.save()
     return state
+
+
+def _settle_state(spec: ExportSpec, state: ExportState, keep_state: bool) -> bool:
+    """Where the configuration and the saved state disagree, the configuration wins unless
+    ``keep_state``; one log line says which value won. True when the state changed."""
+    changed = False
+    pairs: list[tuple[str, object, object]] = []
+    if spec.config is not None and spec.config != state.config:
+        pairs.append(("config", spec.config, state.config))
+    if spec.allow is not None and list(spec.allow) != state.masks:
+        pairs.append(("masks", list(spec.allow), state.masks))
+    for what, configured, saved in pairs:
+        won = "saved state (--keep-state)" if keep_state else "configuration"
+        log.warning("state_conflict", extra={
+            "export": spec.name, "field": what, "won": won,
+            "configured": _show(configured), "saved": _show(saved)})
+        if keep_state:
+            continue
+        if what == "config":
+            state.config = spec.config or b""
+        else:
+            state.masks = list(spec.allow or [])
+        changed = True
+    return changed
+
+
+def _show(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [format_mac(m) for m in value]
+    return value

@@ -92,6 +92,7 @@ class Target:
         announce: bool = True,
         batch: int = DEFAULT_BATCH,
         counters: Counters | None = None,
+        keep_state: bool = False,
     ) -> None:
         if not exports:
             raise TargetError("nothing to serve: no exports given")
@@ -111,6 +112,7 @@ class Target:
                 if ifn not in names:
                     raise TargetError(f"{s.name}: interface {ifn!r} is not one the target serves")
         self.state_dir = state_dir
+        self.keep_state = keep_state
         self.announce = announce
         self.batch_size = batch
         self.counters = counters if counters is not None else Counters()
@@ -144,7 +146,7 @@ class Target:
             for ifs in self.ifspecs:
                 socks.append((ifs, _open_interface(ifs)))
             for spec in self.specs:
-                self.exports.append(Export.open(spec, self.state_dir))
+                self.exports.append(Export.open(spec, self.state_dir, self.keep_state))
         except ExportError as exc:
             for _, s in socks:
                 s.close()
@@ -175,6 +177,7 @@ class Target:
             if mtus:
                 e.mask_limit = min(255, (min(mtus) - 28) // 8)
             log.info("export", extra=e.describe())
+            warn_if_open(e)
 
     def send_announcements(self) -> None:
         """Broadcast one unsolicited Query Config answer per export and interface."""
@@ -370,6 +373,15 @@ class Target:
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGUSR1, _usr1)
+
+
+def warn_if_open(e: Export) -> None:
+    """One warning line for a writable export any machine on the segment may write."""
+    if not e.read_only and not e.state.masks:
+        log.warning("open_to_all", extra={
+            "export": e.spec.name,
+            "why": "writable and no MAC allowed list: every machine on the segment may write",
+            "hint": "--allow MAC (allow = [...] in the TOML) or --read-only"})
 
 
 def _open_interface(ifs: InterfaceSpec) -> RawSocket:
