@@ -34,7 +34,7 @@ from ..protocol import (
     max_sectors_for_mtu,
     parse_identify,
 )
-from .errors import MtuMismatchError
+from .errors import ConflictingTargetsError, MtuMismatchError
 from .ports import check_root, open_ports, resolve_interfaces
 
 RECV_SIZE = 65536
@@ -79,6 +79,7 @@ class TargetInfo:
     flush_cache: bool = False
     flush_cache_ext: bool = False
     identify_error: str | None = None
+    conflict: str | None = None  # several MACs answer for this address with different disks
 
     @property
     def address(self) -> str:
@@ -278,6 +279,7 @@ def discover(
         for info in targets:
             if with_identify:
                 identify(ports, info)
+                find_conflict(ports, info)
         return targets
     finally:
         for port in ports:
@@ -292,3 +294,30 @@ def require_frame_size(info: TargetInfo) -> None:
                 f"target {info.address} announces {path.max_sectors} sectors per command "
                 f"and {path.ifname} has MTU {path.mtu}: no sector fits in one frame"
             )
+
+
+def find_conflict(ports: Sequence[RawSocket], info: TargetInfo) -> str | None:
+    """When several MACs answer for one shelf.slot, IDENTIFY each: they are paths to one disk
+    only if serial and size agree. Otherwise record (and return) a message naming the MACs."""
+    macs = info.target_macs
+    if len(macs) < 2:
+        return None
+    seen: dict[tuple[str, int | None], list[str]] = {}
+    for mac in macs:
+        one = TargetInfo(info.shelf, info.slot, [p for p in info.paths if p.target_mac == mac])
+        identify(ports, one)
+        key = (one.serial, one.sectors) if one.identify_error is None else ("?", None)
+        seen.setdefault(key, []).append(mac)
+    if len(seen) < 2:
+        return None
+    parts = [f"{', '.join(m)} (serial {s or '?'}, "
+             f"{'?' if n is None else n * SECTOR_SIZE} bytes)" for (s, n), m in seen.items()]
+    info.conflict = (f"{info.address} is answered by different disks: {'; '.join(parts)}; "
+                     "two targets share this address, so nothing is read or written")
+    return info.conflict
+
+
+def require_one_disk(ports: Sequence[RawSocket], info: TargetInfo) -> None:
+    """ConflictingTargetsError when the MACs answering for ``info`` are not one disk."""
+    if find_conflict(ports, info):
+        raise ConflictingTargetsError(info.conflict or "")

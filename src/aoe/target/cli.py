@@ -108,7 +108,7 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
     try:
         target = Target(cfg.exports, cfg.interfaces, state_dir=cfg.state_dir,
                         announce=not no_announce, batch=batch, counters=counters,
-                        keep_state=keep_state)
+                        keep_state=keep_state, probe=True)
         target.open()
     except (TargetError, ExportError, StateError) as exc:
         raise click.ClickException(str(exc)) from None

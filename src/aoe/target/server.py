@@ -29,6 +29,7 @@ from . import counters as ck
 from .counters import Counters
 from .engine import Engine
 from .export import Export, ExportError, ExportSpec
+from .probe import other_owners
 
 log = logging.getLogger("aoe.target")
 
@@ -93,6 +94,7 @@ class Target:
         batch: int = DEFAULT_BATCH,
         counters: Counters | None = None,
         keep_state: bool = False,
+        probe: bool = False,
     ) -> None:
         if not exports:
             raise TargetError("nothing to serve: no exports given")
@@ -113,6 +115,7 @@ class Target:
                     raise TargetError(f"{s.name}: interface {ifn!r} is not one the target serves")
         self.state_dir = state_dir
         self.keep_state = keep_state
+        self.probe = probe
         self.announce = announce
         self.batch_size = batch
         self.counters = counters if counters is not None else Counters()
@@ -145,6 +148,8 @@ class Target:
         try:
             for ifs in self.ifspecs:
                 socks.append((ifs, _open_interface(ifs)))
+            if self.probe:
+                self._refuse_taken_addresses([(i.name, s) for i, s in socks], self.specs)
             for spec in self.specs:
                 self.exports.append(Export.open(spec, self.state_dir, self.keep_state))
         except ExportError as exc:
@@ -178,6 +183,23 @@ class Target:
                 e.mask_limit = min(255, (min(mtus) - 28) // 8)
             log.info("export", extra=e.describe())
             warn_if_open(e)
+
+    def _refuse_taken_addresses(self, socks: Sequence[tuple[str, RawSocket]],
+                                specs: Sequence[ExportSpec]) -> None:
+        """TargetError naming the other MAC when another target answers for an address we
+        are about to serve (exports with ``force`` are only warned about)."""
+        by_addr = {(s.shelf, s.slot): s for s in specs}
+        taken = other_owners(socks, by_addr)
+        for addr in sorted(taken):
+            spec = by_addr[addr]
+            who = ", ".join(f"{mac} on {ifn}" for ifn, mac in taken[addr])
+            if spec.force:
+                log.warning("address_shared", extra={"export": spec.name, "other": who,
+                                                     "why": "--force"})
+                continue
+            raise TargetError(f"{spec.name}: another AoE target already answers for "
+                              f"{addr[0]}.{addr[1]} ({who}); two targets on one address mix "
+                              "two disks (stop it, pick another address, or --force)")
 
     def send_announcements(self) -> None:
         """Broadcast one unsolicited Query Config answer per export and interface."""
