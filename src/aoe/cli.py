@@ -31,6 +31,11 @@ from .target.cli import serve  # noqa: E402
 
 main.add_command(serve)
 
+from .target.ctl_cli import ctl, status  # noqa: E402
+
+main.add_command(status)
+main.add_command(ctl)
+
 from .initiator.commands import copy, discover, info  # noqa: E402
 
 main.add_command(discover)

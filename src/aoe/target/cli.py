@@ -6,15 +6,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from ..cli_types import ADDRESS, MAC, SIZE
 from .config import ConfigError, ServeConfig, load_config
+from .control import ControlError, ControlServer, default_socket_path
 from .counters import Counters
 from .export import ExportError, ExportSpec
 from .logs import setup_logging
+from .notify import Notifier, under_journald
 from .server import InterfaceSpec, Target, TargetError
 from .state import StateError
 
@@ -80,30 +83,41 @@ def _print_counters(counters: Counters, as_json: bool) -> None:
 @click.option("--force", is_flag=True,
               help="Serve even if another target answers for the address or the store is "
                    "mounted, loop-attached or held.")
+@click.option("--control-socket", "control_path", type=click.Path(dir_okay=False),
+              default=None, help="Unix socket for aoe status / aoe ctl "
+              "[default: /run/pyaoe/serve-PID.sock].")
 @click.option("--json", "as_json", is_flag=True, help="Counters and logs as JSON lines.")
 @click.option("-v", "--verbose", count=True, help="-v: start-up and state changes; -vv: all.")
 def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
           config_path: str | None, mtu: int | None, offset: int, length: int | None,
           read_only: bool, direct: bool, sync_: bool, config_string: str | None,
           state_dir: str | None, no_announce: bool, batch: int, allow: tuple[bytes, ...],
-          keep_state: bool, force: bool, as_json: bool, verbose: int) -> None:
+          keep_state: bool, force: bool, control_path: str | None, as_json: bool,
+          verbose: int) -> None:
     """Serve FILE (a disk image or block device) as AoE target SHELF.SLOT on IFACE.
 
     \b
     One export:    aoe serve eth0 1.0 disk.img
     Many exports:  aoe serve -c exports.toml
 
-    Runs in the foreground until SIGINT or SIGTERM; SIGUSR1 prints the counters, which
-    are printed again on exit.
+    Runs in the foreground until SIGINT or SIGTERM; SIGHUP re-reads --config and applies
+    the difference; SIGUSR1 prints the counters, which are printed again on exit.
+    `aoe status` and `aoe ctl` reach it through its control socket.
     """
-    setup_logging(verbose, as_json)
-    cfg = _build_config(iface, address, file, config_path, mtu, offset, length, read_only,
-                        direct, sync_, config_string, state_dir)
-    for spec in cfg.exports:
-        if allow and spec.allow is None:
-            spec.allow = list(allow)
-        spec.force = spec.force or force
+    setup_logging(verbose, as_json, timestamps=not under_journald())
+
+    def configure() -> ServeConfig:
+        cfg = _build_config(iface, address, file, config_path, mtu, offset, length, read_only,
+                            direct, sync_, config_string, state_dir)
+        for spec in cfg.exports:
+            if allow and spec.allow is None:
+                spec.allow = list(allow)
+            spec.force = spec.force or force
+        return cfg
+
+    cfg = configure()
     check_privileges()
+    notifier = Notifier()
     counters = Counters()
     try:
         target = Target(cfg.exports, cfg.interfaces, state_dir=cfg.state_dir,
@@ -112,13 +126,45 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
         target.open()
     except (TargetError, ExportError, StateError) as exc:
         raise click.ClickException(str(exc)) from None
+    control: ControlServer | None = None
     try:
+        try:
+            control = ControlServer(target, Path(control_path) if control_path
+                                    else default_socket_path())
+        except ControlError as exc:
+            raise click.ClickException(str(exc)) from None
+        if config_path is not None:
+            target.reload_source = lambda: _reload_config(configure)
+
+        def changed() -> None:
+            notifier.send(ready=1, status=summary(target))
+
+        target.on_change = changed
         target.install_signal_handlers(lambda c: _print_counters(c, as_json))
         _print_ready(target, as_json)
+        notifier.send(ready=1, status=summary(target), mainpid=os.getpid())
         target.serve_forever()
     finally:
+        notifier.send(stopping=1, status="stopping")
+        if control is not None:
+            control.close()
         target.close()
         _print_counters(counters, as_json)
+        notifier.close()
+
+
+def _reload_config(configure: Callable[[], ServeConfig]) -> ServeConfig:
+    try:
+        return configure()
+    except click.ClickException as exc:
+        raise ConfigError(exc.format_message()) from None
+
+
+def summary(target: Target) -> str:
+    """The one-line STATUS= systemd shows: what is served where."""
+    ifaces = ", ".join(f"{p.name} (mtu {p.sock.mtu})" for p in target.ports)
+    n = len(target.exports)
+    return f"serving {n} export{'s' if n != 1 else ''} on {ifaces}"
 
 
 def _print_ready(target: Target, as_json: bool) -> None:

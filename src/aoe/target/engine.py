@@ -161,6 +161,16 @@ class Engine:
         # What fits in one frame at this MTU: mask list and reserve list entries.
         self._mask_room = min(255, (self.frame_size - fr.MASK_ARGS.size - HEADER.size) // 8)
         self._reserve_room = min(255, (self.frame_size - fr.RESERVE_ARGS.size - HEADER.size) // 6)
+        self.now = 0.0  # wall-clock time of the current burst (set by the server loop)
+
+    def set_exports(self, exports: Sequence[Export]) -> None:
+        """Serve exactly ``exports`` from the next frame on (between bursts: a reload)."""
+        by_key = {e.key: e for e in exports}
+        if len(by_key) != len(exports):
+            raise ValueError("two exports share an address")
+        self._by_addr = {e.shelf.to_bytes(2, "big") + bytes([e.slot]): e for e in exports}
+        self._by_key = by_key
+        self.exports = list(exports)
 
     # --- public entry points ------------------------------------------------------------
     def handle(self, frame: bytes | bytearray | memoryview) -> list[bytes]:
@@ -222,6 +232,7 @@ class Engine:
         run_pos = run_end = 0
         replies = 0
         flush = self._flush_run
+        now = self.now
         for i in range(n):
             v = views[i]
             length = lengths[i]
@@ -236,6 +247,11 @@ class Engine:
             if exp is None or exp.guarded:
                 out[i] = -1
                 continue
+            peer = exp.peers.get(src)
+            if peer is None:
+                peer = exp.peers[src] = [0, 0.0]
+            peer[0] += 1
+            peer[1] = now
             if 0 < count <= max_sectors and not exp.direct:
                 nbytes = count << 9
                 end = ATA_HEADER_LEN + nbytes
@@ -270,6 +286,10 @@ class Engine:
                             run_pos = pos
                             run_end = pos + nbytes
                         out[i] = ETH_MIN_FRAME if write else end
+                        if write:
+                            exp.bytes_written += nbytes
+                        else:
+                            exp.bytes_read += nbytes
                         replies += 1
                         continue
             if run:
@@ -361,6 +381,7 @@ class Engine:
     def _ata_error_rewrite(self, buf: memoryview, exp: Export, err: int, kind: str) -> None:
         """Turn a reply header already written into an ATA error reply (keeps the tag)."""
         self.counters.error(kind)
+        exp.errors += 1
         buf[25] = err
         buf[27] = _ERR_STATUS
         buf[ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD[ATA_HEADER_LEN:]
@@ -390,7 +411,13 @@ class Engine:
         for exp in targets:
             if exp.masks and src not in exp.masks:
                 c.error(ck.ACL)
+                exp.errors += 1
                 continue
+            peer = exp.peers.get(src)
+            if peer is None:
+                peer = exp.peers[src] = [0, 0.0]
+            peer[0] += 1
+            peer[1] = self.now
             if vf >> 4 != AOE_VERSION:
                 out.append(self._aoe_error(frame, exp, src, AoeError.UNSUPPORTED_VERSION, 24))
                 continue
@@ -411,11 +438,14 @@ class Engine:
                                         "command": cmd, "tag": tag, "replies": len(out)})
         return out
 
-    def announcements(self) -> list[bytes]:
+    def announcements(self, only: Sequence[Export] | None = None) -> list[bytes]:
         """Unsolicited Query Config answers, one per export: broadcast, or sent to each MAC of
         a non-empty mask list, so initiators that came up first discover this target."""
         out = []
+        keep = None if only is None else {id(e) for e in only}
         for exp in self.exports:
+            if keep is not None and id(exp) not in keep:
+                continue
             body = self._config_body(exp, ConfigCommand.READ)
             dests = exp.mask_list() or [BROADCAST_MAC]
             for dst in dests:
@@ -554,6 +584,7 @@ class Engine:
                    kind: str) -> int:
         """An ATA-level failure: AoE success, ATA status ERR with ``err`` bits set."""
         self.counters.error(kind)
+        exp.errors += 1
         _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot, 0, tag)
         buf[25] = err
         buf[27] = _ERR_STATUS
@@ -564,6 +595,7 @@ class Engine:
                             code: AoeError) -> int:
         """An AoE-level error answering an ATA request: arguments echoed, no data."""
         self.counters.error(_AOE_ERROR_KIND[code])
+        exp.errors += 1
         _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP_ERR, int(code), exp.shelf,
                   exp.slot, 0, tag)
         buf[ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD[ATA_HEADER_LEN:]
@@ -574,6 +606,7 @@ class Engine:
                    echo: int) -> bytes:
         """Echo the first ``echo`` bytes of the request with the error flag and code set."""
         self.counters.error(_AOE_ERROR_KIND[code])
+        exp.errors += 1
         _, _, _, _, _, _, _, cmd, tag = _HDR_UNPACK(frame)
         head = HEADER.pack(src, self.mac, ETHERTYPE_AOE, _RESP_ERR, int(code), exp.shelf,
                            exp.slot, cmd, tag)
@@ -587,6 +620,7 @@ class Engine:
         resp.shelf, resp.slot = exp.shelf, exp.slot
         if error:
             self.counters.error(_AOE_ERROR_KIND[AoeError(error)])
+            exp.errors += 1
         return fr.encode(resp, pad=True)
 
     def _decode(self, frame: bytes) -> fr.Frame | None:

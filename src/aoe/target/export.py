@@ -105,6 +105,11 @@ class Export:
         self.masks: set[bytes] = set()
         self.reserved: set[bytes] = set()
         self.guarded = False
+        # What `aoe status` shows: bumped by the engine on its paths.
+        self.peers: dict[bytes, list[float]] = {}  # initiator MAC -> [frames, last seen]
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.errors = 0
         self._sync_guards()
         self._bounce: mmap.mmap | None = None
         if spec.direct:
@@ -399,7 +404,7 @@ def _load_state(spec: ExportSpec, state_dir: str | Path | None,
         if spec.allow is not None:
             state.masks = list(spec.allow)
     else:
-        fresh = _settle_state(spec, state, keep_state)
+        fresh = settle_state(spec, state, keep_state)
     if spec.serial:
         state.serial = spec.serial
     elif not state.serial:
@@ -409,7 +414,7 @@ def _load_state(spec: ExportSpec, state_dir: str | Path | None,
     return state
 
 
-def _settle_state(spec: ExportSpec, state: ExportState, keep_state: bool) -> bool:
+def settle_state(spec: ExportSpec, state: ExportState, keep_state: bool) -> bool:
     """Where the configuration and the saved state disagree, the configuration wins unless
     ``keep_state``; one log line says which value won. True when the state changed."""
     changed = False

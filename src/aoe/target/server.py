@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,11 @@ class Target:
         self._thread: threading.Thread | None = None
         self._dump_requested = False
         self.on_dump: Callable[[Counters], None] | None = None
+        self._chores: deque[Callable[[], None]] = deque()
+        self.on_change: Callable[[], None] | None = None  # after a reload or link change
+        self.reload_source: Callable[[], object] | None = None  # -> ServeConfig (SIGHUP)
+        self._reloading = False
+        self.started = time.time()
 
     # --- set-up ---------------------------------------------------------------------
     def open(self) -> Target:
@@ -176,13 +182,17 @@ class Target:
                        "exports": [e.spec.name for e in served],
                        "max_sectors": engine.max_sectors, "buffer_count": bufcnt},
             )
+        self.fit_mask_limits()
         for e in self.exports:
-            # A mask list must fit one frame on every interface that serves the export.
+            log.info("export", extra=e.describe())
+            warn_if_open(e)
+
+    def fit_mask_limits(self) -> None:
+        """A mask list must fit one frame on every interface that serves the export."""
+        for e in self.exports:
             mtus = [p.engine.frame_size for p in self.ports if e in p.engine.exports]
             if mtus:
                 e.mask_limit = min(255, (min(mtus) - 28) // 8)
-            log.info("export", extra=e.describe())
-            warn_if_open(e)
 
     def _refuse_taken_addresses(self, socks: Sequence[tuple[str, RawSocket]],
                                 specs: Sequence[ExportSpec]) -> None:
@@ -201,10 +211,10 @@ class Target:
                               f"{addr[0]}.{addr[1]} ({who}); two targets on one address mix "
                               "two disks (stop it, pick another address, or --force)")
 
-    def send_announcements(self) -> None:
+    def send_announcements(self, only: Sequence[Export] | None = None) -> None:
         """Broadcast one unsolicited Query Config answer per export and interface."""
         for p in self.ports:
-            for frame in p.engine.announcements():
+            for frame in p.engine.announcements(only):
                 try:
                     p.sock.send(frame)
                     self.counters.frames_out += 1
@@ -227,16 +237,24 @@ class Target:
         poller.register(self._wake_r, select.POLLIN)
         by_fd = {p.fd: p for p in self.ports}
         drain = self._drain
+        ports = list(self.ports)
         while not self._stop:
+            if ports != self.ports:  # a port was rebuilt (MTU change)
+                for p in ports:
+                    if p not in self.ports:
+                        poller.unregister(p.fd)
+                for p in self.ports:
+                    if p not in ports:
+                        poller.register(p.fd, select.POLLIN)
+                ports = list(self.ports)
+                by_fd = {p.fd: p for p in ports}
             for fd, _ev in poller.poll(1000):
                 if fd == self._wake_r:
                     self._drain_wake()
                 else:
                     drain(by_fd[fd])
-            if self._dump_requested:
-                self._dump_requested = False
-                if self.on_dump is not None:
-                    self.on_dump(self.counters)
+            if self._chores:
+                self._do_chores()
 
     def _serve_one(self, port: _Port) -> None:
         """One interface: block in recvmmsg itself (no poll), which wakes on the first frame
@@ -245,12 +263,12 @@ class Target:
         port.sock.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                                   struct.pack("ll", 0, BLOCK_TIMEOUT_US))
         drain = self._drain
-        while not self._stop:
+        while not self._stop and port in self.ports:
             drain(port, True)
-            if self._dump_requested:
-                self._dump_requested = False
-                if self.on_dump is not None:
-                    self.on_dump(self.counters)
+            if self._chores:
+                self._do_chores()
+        if not self._stop:  # the port was rebuilt (MTU change): serve the new one
+            self.serve_forever()
 
     def _drain(self, port: _Port, block: bool = False) -> int:
         """Answer everything waiting on one socket, a burst at a time; frames taken.
@@ -280,6 +298,7 @@ class Target:
                 return taken
             block = False
             taken += n
+            port.engine.now = time.time()
             c.frames_in += n
             c.bursts += 1
             try:
@@ -341,7 +360,27 @@ class Target:
     def request_dump(self) -> None:
         """Ask the loop to call :attr:`on_dump` with the counters (SIGUSR1)."""
         self._dump_requested = True
+        self.call_soon(self._dump)
+
+    def _dump(self) -> None:
+        self._dump_requested = False
+        if self.on_dump is not None:
+            self.on_dump(self.counters)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the serving thread between two bursts (safe from any thread or a
+        signal handler): what changes exports or ports goes through here, so no request is
+        ever half-handled by an old and a new configuration."""
+        self._chores.append(fn)
         self._wake()
+
+    def _do_chores(self) -> None:
+        while self._chores:
+            fn = self._chores.popleft()
+            try:
+                fn()
+            except Exception:  # a failed chore is logged; the target keeps serving
+                log.exception("internal_error", extra={"action": "chore dropped"})
 
     def _wake(self) -> None:
         if self._wake_w >= 0:
@@ -392,9 +431,41 @@ class Target:
         def _usr1(_signum: int, _frame: FrameType | None) -> None:
             self.request_dump()
 
+        def _hup(_signum: int, _frame: FrameType | None) -> None:
+            self.request_reload()
+
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGUSR1, _usr1)
+        signal.signal(signal.SIGHUP, _hup)
+
+    def request_reload(self) -> None:
+        """Re-read the configuration and apply the difference (SIGHUP); one at a time."""
+        if self._reloading:
+            log.warning("reload_ignored", extra={"why": "a reload is already running"})
+            return
+        if self.reload_source is None:
+            log.warning("reload_ignored", extra={"why": "no --config file to re-read"})
+            return
+        self._reloading = True
+        threading.Thread(target=self._reload, name="aoe-reload", daemon=True).start()
+
+    def _reload(self) -> None:
+        from .config import ConfigError, ServeConfig
+        from .reload import apply_config
+
+        try:
+            log.info("reloading")
+            assert self.reload_source is not None
+            cfg = self.reload_source()
+            assert isinstance(cfg, ServeConfig)
+            apply_config(self, cfg)
+        except ConfigError as exc:
+            log.error("reload_failed", extra={"why": str(exc), "kept": "running configuration"})
+        except Exception:
+            log.exception("reload_failed", extra={"kept": "running configuration"})
+        finally:
+            self._reloading = False
 
 
 def warn_if_open(e: Export) -> None:
