@@ -36,6 +36,10 @@ from .target.ctl_cli import ctl, status  # noqa: E402
 main.add_command(status)
 main.add_command(ctl)
 
+from .target.systemd import systemd_group  # noqa: E402
+
+main.add_command(systemd_group)
+
 from .initiator.commands import copy, discover, info  # noqa: E402
 
 main.add_command(discover)
