@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,7 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
 
     cfg = configure()
     check_privileges()
+    _raise_file_limit(len(cfg.exports))
     notifier = Notifier()
     counters = Counters()
     try:
@@ -151,6 +153,16 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
         target.close()
         _print_counters(counters, as_json)
         notifier.close()
+
+
+def _raise_file_limit(exports: int) -> None:
+    """One descriptor per export: lift the soft limit to the hard one when many are served."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < exports + 256:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.warning("file_limit", extra={"soft": soft, "exports": exports})
 
 
 def _reload_config(configure: Callable[[], ServeConfig]) -> ServeConfig:

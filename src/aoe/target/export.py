@@ -15,6 +15,7 @@ import mmap
 import os
 import stat
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,14 +306,25 @@ def _is_block_device(path: str) -> bool:
         return False
 
 
+_loop_cache: tuple[float, dict[tuple[int, int], list[str]]] = (0.0, {})
+
+
 def loop_devices_of(fd: int) -> list[str]:
     """The loop devices (e.g. ``/dev/loop3``) whose backing file is the open file ``fd``."""
+    global _loop_cache
     st = os.fstat(fd)
-    found = []
+    now = time.monotonic()
+    if now - _loop_cache[0] > 1.0:  # one scan serves a start-up that opens many exports
+        _loop_cache = (now, _loop_backing())
+    return _loop_cache[1].get((st.st_dev, st.st_ino), [])
+
+
+def _loop_backing() -> dict[tuple[int, int], list[str]]:
+    found: dict[tuple[int, int], list[str]] = {}
     try:
         names = os.listdir("/sys/block")
     except OSError:
-        return []
+        return found
     for name in sorted(names):
         if not name.startswith("loop"):
             continue
@@ -327,8 +339,7 @@ def loop_devices_of(fd: int) -> list[str]:
             bst = os.stat(backing)
         except OSError:
             continue
-        if (bst.st_dev, bst.st_ino) == (st.st_dev, st.st_ino):
-            found.append(f"/dev/{name}")
+        found.setdefault((bst.st_dev, bst.st_ino), []).append(f"/dev/{name}")
     return found
 
 
@@ -397,6 +408,7 @@ def _load_state(spec: ExportSpec, state_dir: str | Path | None,
         path = d / state_file_name(spec)
     state = ExportState.load(path)
     fresh = state is None
+    derived = state is None  # nothing an initiator set yet: no need to fsync it
     if state is None:
         state = ExportState(path=path)
         if spec.config is not None:
@@ -410,7 +422,7 @@ def _load_state(spec: ExportSpec, state_dir: str | Path | None,
     elif not state.serial:
         state.serial = default_serial(spec, os.path.realpath(spec.path))
     if fresh:
-        state.save()
+        state.save(durable=not derived)
     return state
 
 

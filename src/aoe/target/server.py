@@ -189,8 +189,9 @@ class Target:
 
     def fit_mask_limits(self) -> None:
         """A mask list must fit one frame on every interface that serves the export."""
+        served = [(p.engine.frame_size, {id(x) for x in p.engine.exports}) for p in self.ports]
         for e in self.exports:
-            mtus = [p.engine.frame_size for p in self.ports if e in p.engine.exports]
+            mtus = [size for size, ids in served if id(e) in ids]
             if mtus:
                 e.mask_limit = min(255, (min(mtus) - 28) // 8)
 
