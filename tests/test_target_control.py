@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 
-from .service_support import stop
-from .target_support import Client, aoe_cmd, make_image, target_mac
+from .support.service import stop
+from .support.target import Client, aoe_cmd, make_image, target_mac
 
 
 def _toml(path: Path, tmp: Path, exports: dict[str, str]) -> None:

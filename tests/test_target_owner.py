@@ -11,8 +11,8 @@ import pytest
 
 from aoe.lab import Lab
 
-from .service_support import image, make_segment, serve, stop
-from .target_support import aoe_cmd
+from .support.service import image, make_segment, serve, stop
+from .support.target import aoe_cmd
 
 
 @pytest.mark.netns

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 
-from .service_support import stop
-from .target_support import Client, aoe_cmd, rss_kib, target_mac
+from .support.service import stop
+from .support.target import Client, aoe_cmd, rss_kib, target_mac
 
 IMAGE_SIZE = 1 << 20
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from aoe.lab import Host
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 
-from .target_support import SHELF, SLOT, Client, aoe_cmd, make_image, start_pyaoe
+from .support.target import SHELF, SLOT, Client, aoe_cmd, make_image, start_pyaoe
 
 FOREIGN_MAC = bytes.fromhex("020000bbbbbb")
 

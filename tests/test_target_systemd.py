@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 
-from .service_support import stop
-from .target_support import aoe_cmd, make_image
+from .support.service import stop
+from .support.target import aoe_cmd, make_image
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                 reason="systemd-analyze not installed (scripts/setup.sh)")

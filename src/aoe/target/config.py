@@ -27,8 +27,8 @@ from typing import Any
 
 from .. import units
 from ..protocol.mac import parse_address, parse_mac
-from .export import ExportSpec
 from .server import InterfaceSpec
+from .store import ExportSpec
 
 _EXPORT_KEYS = {
     "address",
@@ -61,7 +61,7 @@ class ServeConfig:
     state_dir: str | None = None
 
 
-def parse_size(value: object, what: str) -> int:
+def config_size(value: object, what: str) -> int:
     """Bytes from an integer or a string such as ``"512M"``, ``"4G"``, ``"1MiB"``."""
     if not isinstance(value, (int, str)):
         raise ConfigError(f'{what}: expected a size such as 4096, "512M" or "4G", got {value!r}')
@@ -196,8 +196,8 @@ def _parse_export(ex: dict[str, Any], i: int, base: Path | None) -> ExportSpec:
         shelf=shelf,
         slot=slot,
         path=str(_resolve(path, base)),
-        offset=parse_size(ex.get("offset", 0), f"{where}.offset"),
-        length=parse_size(ex["length"], f"{where}.length") if "length" in ex else None,
+        offset=config_size(ex.get("offset", 0), f"{where}.offset"),
+        length=config_size(ex["length"], f"{where}.length") if "length" in ex else None,
         read_only=ex.get("read_only", False),
         direct=ex.get("direct", False),
         sync=ex.get("sync", False),

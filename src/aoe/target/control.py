@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.mac import format_mac, parse_mac
-from .export import MAX_CONFIG, Export
+from .store import MAX_CONFIG, Store
 
 if TYPE_CHECKING:
     from .server import Target
@@ -38,7 +38,7 @@ def default_socket_path() -> Path:
     return RUN_DIR / f"serve-{os.getpid()}.sock"
 
 
-def export_status(e: Export, now: float) -> dict[str, Any]:
+def export_status(e: Store, now: float) -> dict[str, Any]:
     peers = sorted(e.peers.items(), key=lambda kv: -kv[1][1])
     return {
         "export": e.spec.name,
@@ -171,7 +171,7 @@ class ControlServer:
             return {"ok": value.decode()}
         raise ControlError(f"unknown request {op!r}")
 
-    def _export(self, name: str) -> Export:
+    def _export(self, name: str) -> Store:
         for e in self.target.exports:
             if e.spec.name == name or f"{e.shelf}.{e.slot}" == name:
                 return e

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..net.rawsock import RawSocket
-from .export import Export, ExportError, ExportSpec, settle_state
 from .probe import other_owners
 from .state import StateError
+from .store import ExportSpec, Store, StoreError, settle_state
 
 if TYPE_CHECKING:
     from .config import ServeConfig
@@ -54,7 +54,7 @@ def apply_config(target: Target, cfg: ServeConfig) -> None:
             to_open.append(spec)
     added = [s for s in to_open if (s.shelf, s.slot) not in old]
     taken = _probe(target, added) if target.probe else {}
-    opened: dict[tuple[int, int], Export] = {}
+    opened: dict[tuple[int, int], Store] = {}
     for spec in to_open:
         addr = (spec.shelf, spec.slot)
         if addr in taken and not spec.force:
@@ -63,8 +63,8 @@ def apply_config(target: Target, cfg: ServeConfig) -> None:
                 "export": spec.name, "why": f"another AoE target answers for it ({who})"})
             continue
         try:
-            opened[addr] = Export.open(spec, target.state_dir, target.keep_state)
-        except (ExportError, StateError) as exc:
+            opened[addr] = Store.open(spec, target.state_dir, target.keep_state)
+        except (StoreError, StateError) as exc:
             log.error("reload_export_skipped", extra={"export": spec.name, "why": str(exc)})
     target.call_soon(lambda: _switch(target, old, new, opened))
 
@@ -87,14 +87,14 @@ def _probe(target: Target, specs: Sequence[ExportSpec]
             s.close()
 
 
-def _switch(target: Target, old: dict[tuple[int, int], Export],
+def _switch(target: Target, old: dict[tuple[int, int], Store],
             new: dict[tuple[int, int], ExportSpec],
-            opened: dict[tuple[int, int], Export]) -> None:
+            opened: dict[tuple[int, int], Store]) -> None:
     """Serving thread: swap the export set on every engine, close what went away."""
     from .server import warn_if_open
 
-    exports: list[Export] = []
-    retired: list[Export] = []
+    exports: list[Store] = []
+    retired: list[Store] = []
     added, changed, updated = [], [], []
     for addr, spec in new.items():
         if addr in opened:
@@ -133,7 +133,7 @@ def _switch(target: Target, old: dict[tuple[int, int], Export],
         target.on_change()
 
 
-def _update_state(exp: Export, spec: ExportSpec) -> bool:
+def _update_state(exp: Store, spec: ExportSpec) -> bool:
     """Config string and allowed MACs from the TOML (it wins: the operator just edited it)."""
     exp.spec = spec
     if settle_state(spec, exp.state, keep_state=False):

@@ -26,11 +26,12 @@ from ..net import link
 from ..net.mmsg import FrameBatch
 from ..net.rawsock import InterfaceError, RawSocket
 from ..protocol.constants import ETH_MIN_FRAME, MIN_MTU, max_sectors_for_mtu
+from ..protocol.mac import format_mac
 from . import counters as ck
 from .counters import Counters
 from .engine import Engine
-from .export import Export, ExportError, ExportSpec
 from .probe import other_owners
+from .store import ExportSpec, Store, StoreError
 
 log = logging.getLogger("aoe.target")
 
@@ -120,7 +121,7 @@ class Target:
         self.announce = announce
         self.batch_size = batch
         self.counters = counters if counters is not None else Counters()
-        self.exports: list[Export] = []
+        self.exports: list[Store] = []
         self.ports: list[_Port] = []
         self._stop = False
         self._wake_r, self._wake_w = -1, -1
@@ -157,8 +158,8 @@ class Target:
             if self.probe:
                 self._refuse_taken_addresses([(i.name, s) for i, s in socks], self.specs)
             for spec in self.specs:
-                self.exports.append(Export.open(spec, self.state_dir, self.keep_state))
-        except ExportError as exc:
+                self.exports.append(Store.open(spec, self.state_dir, self.keep_state))
+        except StoreError as exc:
             for _, s in socks:
                 s.close()
             raise TargetError(str(exc)) from None
@@ -178,7 +179,7 @@ class Target:
             self.ports.append(_Port(ifs.name, sock, engine, batch))
             log.info(
                 "serving",
-                extra={"interface": ifs.name, "mtu": sock.mtu, "mac": sock.mac.hex(":"),
+                extra={"interface": ifs.name, "mtu": sock.mtu, "mac": format_mac(sock.mac),
                        "exports": [e.spec.name for e in served],
                        "max_sectors": engine.max_sectors, "buffer_count": bufcnt},
             )
@@ -212,7 +213,7 @@ class Target:
                               f"{addr[0]}.{addr[1]} ({who}); two targets on one address mix "
                               "two disks (stop it, pick another address, or --force)")
 
-    def send_announcements(self, only: Sequence[Export] | None = None) -> None:
+    def send_announcements(self, only: Sequence[Store] | None = None) -> None:
         """Broadcast one unsolicited Query Config answer per export and interface."""
         for p in self.ports:
             for frame in p.engine.announcements(only):
@@ -469,7 +470,7 @@ class Target:
             self._reloading = False
 
 
-def warn_if_open(e: Export) -> None:
+def warn_if_open(e: Store) -> None:
     """One warning line for a writable export any machine on the segment may write."""
     if not e.read_only and not e.state.masks:
         log.warning("open_to_all", extra={

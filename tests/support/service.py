@@ -10,7 +10,7 @@ from typing import Any
 
 from aoe.lab import Host, Lab
 
-from .target_support import aoe_cmd
+from .target import aoe_cmd
 
 
 @dataclass
