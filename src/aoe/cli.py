@@ -41,6 +41,11 @@ from .target.systemd import systemd_group  # noqa: E402
 
 main.add_command(systemd_group)
 
+from .initiator.admin_cli import config_cmd, flush_cmd, mask_cmd, reserve_cmd  # noqa: E402
+
+for _cmd in (config_cmd, mask_cmd, reserve_cmd, flush_cmd):
+    main.add_command(_cmd)
+
 from .initiator.cli import copy, discover, info  # noqa: E402
 
 main.add_command(discover)
