@@ -17,6 +17,7 @@ from ..protocol.mac import format_mac
 from .config import ConfigError, ServeConfig, load_config
 from .control import ControlError, ControlServer, default_socket_path
 from .counters import Counters
+from .linkwatch import LinkWatch
 from .logs import setup_logging
 from .notify import Notifier, under_journald
 from .server import InterfaceSpec, Target, TargetError
@@ -130,6 +131,7 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
     except (TargetError, StoreError, StateError) as exc:
         raise click.ClickException(str(exc)) from None
     control: ControlServer | None = None
+    watch: LinkWatch | None = None
     try:
         try:
             control = ControlServer(target, Path(control_path) if control_path
@@ -143,6 +145,9 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
             notifier.send(ready=1, status=summary(target))
 
         target.on_change = changed
+        watch = LinkWatch([p.name for p in target.ports],
+                          lambda name, mtu: target.call_soon(
+                              lambda: target.mtu_changed(name, mtu)))
         target.install_signal_handlers(lambda c: _print_counters(c, as_json))
         _print_ready(target, as_json)
         notifier.send(ready=1, status=summary(target), mainpid=os.getpid())
@@ -151,6 +156,8 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
         notifier.send(stopping=1, status="stopping")
         if control is not None:
             control.close()
+        if watch is not None:
+            watch.close()
         target.close()
         _print_counters(counters, as_json)
         notifier.close()

@@ -170,23 +170,58 @@ class Target:
         for ifs, sock in socks:
             served = [e for e in self.exports
                       if e.spec.interfaces is None or ifs.name in e.spec.interfaces]
-            frame_len = sock.mtu + 14
-            rcvbuf = sock.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            bufcnt = max(1, min(0xFFFF, rcvbuf // _truesize_estimate(frame_len)))
-            engine = Engine(served, sock.mac, sock.mtu, self.counters, buffer_count=bufcnt)
-            slot = -(-engine.frame_size // _SLOT_ROUND) * _SLOT_ROUND
-            batch = FrameBatch(sock.fileno(), self.batch_size, slot)
-            self.ports.append(_Port(ifs.name, sock, engine, batch))
+            port = self._make_port(ifs.name, sock, served)
+            self.ports.append(port)
             log.info(
                 "serving",
                 extra={"interface": ifs.name, "mtu": sock.mtu, "mac": format_mac(sock.mac),
                        "exports": [e.spec.name for e in served],
-                       "max_sectors": engine.max_sectors, "buffer_count": bufcnt},
+                       "max_sectors": port.engine.max_sectors,
+                       "buffer_count": port.engine.buffer_count},
             )
         self.fit_mask_limits()
         for e in self.exports:
             log.info("export", extra=e.describe())
             warn_if_open(e)
+
+    def _make_port(self, name: str, sock: RawSocket, served: Sequence[Store]) -> _Port:
+        """Engine and batch buffers sized for the socket's current MTU."""
+        frame_len = sock.mtu + 14
+        rcvbuf = sock.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        bufcnt = max(1, min(0xFFFF, rcvbuf // _truesize_estimate(frame_len)))
+        engine = Engine(served, sock.mac, sock.mtu, self.counters, buffer_count=bufcnt)
+        slot = -(-engine.frame_size // _SLOT_ROUND) * _SLOT_ROUND
+        return _Port(name, sock, engine, FrameBatch(sock.fileno(), self.batch_size, slot))
+
+    def mtu_changed(self, name: str, mtu: int) -> None:
+        """Serving thread: the interface's MTU changed: re-derive max sectors, rebuild the
+        port's engine and buffers, and announce the exports with the new values."""
+        for i, old in enumerate(self.ports):
+            if old.name != name or old.sock.mtu == mtu:
+                continue
+            if max_sectors_for_mtu(mtu) < 1:
+                log.error("mtu_too_small", extra={"interface": name, "mtu": mtu,
+                                                  "why": "no sector fits a frame; not serving"})
+            old.sock.mtu = mtu
+            try:
+                port = self._make_port(name, old.sock, old.engine.exports)
+            except ValueError as exc:
+                log.error("mtu_change_failed", extra={"interface": name, "why": str(exc)})
+                return
+            self.ports[i] = port
+            self.fit_mask_limits()
+            log.warning("mtu_changed", extra={
+                "interface": name, "mtu": mtu, "max_sectors": port.engine.max_sectors,
+                "was": old.engine.max_sectors})
+            if self.announce:
+                for frame in port.engine.announcements():
+                    try:
+                        port.sock.send(frame)
+                        self.counters.frames_out += 1
+                    except OSError:
+                        self.counters.error(ck.SEND)
+            if self.on_change is not None:
+                self.on_change()
 
     def fit_mask_limits(self) -> None:
         """A mask list must fit one frame on every interface that serves the export."""
