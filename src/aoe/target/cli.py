@@ -139,7 +139,11 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
         except ControlError as exc:
             raise click.ClickException(str(exc)) from None
         if config_path is not None:
-            target.reload_source = lambda: _reload_config(configure)
+            def reread() -> ServeConfig:
+                notifier.send(reloading=1, status="reloading the configuration")
+                return _reload_config(configure)
+
+            target.reload_source = reread
 
         def changed() -> None:
             notifier.send(ready=1, status=summary(target))

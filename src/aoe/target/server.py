@@ -499,10 +499,16 @@ class Target:
             apply_config(self, cfg)
         except ConfigError as exc:
             log.error("reload_failed", extra={"why": str(exc), "kept": "running configuration"})
+            self._changed()
         except Exception:
             log.exception("reload_failed", extra={"kept": "running configuration"})
+            self._changed()
         finally:
             self._reloading = False
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
 
 def warn_if_open(e: Store) -> None:
