@@ -282,10 +282,6 @@ class Engine:
                             run_pos = pos
                             run_end = pos + nbytes
                         out[i] = ETH_MIN_FRAME if write else end
-                        if write:
-                            exp.bytes_written += nbytes
-                        else:
-                            exp.bytes_read += nbytes
                         replies += 1
                         continue
             if run:
@@ -324,6 +320,7 @@ class Engine:
         if got == want:
             c.writes += len(bufs)
             c.bytes_written += want
+            exp.bytes_written += want
             for i in idx:
                 views[i][ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD_ACK
             return
@@ -339,6 +336,7 @@ class Engine:
             if ok:
                 c.writes += 1
                 c.bytes_written += len(view)
+                exp.bytes_written += len(view)
                 views[i][ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD_ACK
             else:
                 self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
@@ -357,6 +355,7 @@ class Engine:
         if got == want:
             c.reads += len(bufs)
             c.bytes_read += want
+            exp.bytes_read += want
             return
         # Retry each frame alone so only the ones that really fail get the error.
         for view, i in zip(bufs, idx, strict=True):
@@ -369,6 +368,7 @@ class Engine:
             if ok:
                 c.reads += 1
                 c.bytes_read += len(view)
+                exp.bytes_read += len(view)
             else:
                 self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
                 out[i] = ETH_MIN_FRAME
@@ -510,6 +510,7 @@ class Engine:
                     return self._ata_error(buf, exp, src, tag, _UNC, ck.ATA_IO)
                 c.writes += 1
                 c.bytes_written += nbytes
+                exp.bytes_written += nbytes
                 _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot,
                           0, tag)
                 buf[25] = 0
@@ -526,6 +527,7 @@ class Engine:
                     return self._ata_error(buf, exp, src, tag, _UNC, ck.ATA_IO)
             c.reads += 1
             c.bytes_read += nbytes
+            exp.bytes_read += nbytes
             _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot, 0, tag)
             buf[25] = 0
             buf[27] = _DRDY
