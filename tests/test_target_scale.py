@@ -101,6 +101,12 @@ def test_thousand_exports(two_hosts: TwoHosts, tmp_path: Path,
         assert not any(a.startswith("10.") for a in addrs)
         assert {f"11.{n}" for n in range(100)} <= addrs
         assert rss_kib(proc.pid) / 1024 <= 64
+        st = json.loads(two_hosts.target.run(
+            aoe_cmd("status", "--json", "-s", str(tmp_path / "c.sock")), timeout=60).stdout)
+        exports = st[0]["exports"]
+        assert len(exports) == 1000
+        e10 = next(e for e in exports if e["export"] == "e1.0")
+        assert e10["bytes_read"] >= answered[0] * 1024
     finally:
         c.close()
         stop(two_hosts.lab, proc)

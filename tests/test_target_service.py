@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +166,22 @@ def test_mounted_image_and_device_are_refused(two_hosts: TwoHosts, tmp_path: Pat
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
         mnt.rmdir()
+
+
+@pytest.mark.netns
+def test_sighup_without_config_keeps_serving(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """SIGHUP used to kill the target (exit 129): now it is logged and serving goes on."""
+    img = make_image(tmp_path / "d.img", 1 << 20)
+    rt = start_pyaoe(two_hosts, img, tmp_path / "st")
+    c = Client(two_hosts.initiator)
+    try:
+        rt.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert rt.proc.poll() is None
+        assert c.request(c.config(rt.mac, SHELF, SLOT)) is not None
+    finally:
+        c.close()
+        out, err = rt.stop(two_hosts.lab)
+    assert rt.proc.returncode == 0
+    assert "reload_ignored" in err and "no --config file" in err
+    assert "counters:" in out
