@@ -27,8 +27,8 @@ from ..protocol import (
     encode,
 )
 
-PROBE_WAIT = 0.6  # seconds to listen; the query is repeated a few times meanwhile
-PROBE_REPEAT = 0.2
+PROBE_WAIT = 0.45  # seconds to listen; the query is sent three times meanwhile
+PROBE_REPEAT = 0.15
 
 
 def other_owners(socks: Sequence[tuple[str, RawSocket]], addresses: Iterable[tuple[int, int]],
