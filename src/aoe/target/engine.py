@@ -200,6 +200,11 @@ class Engine:
         exp = self._by_key.get((shelf << 8) | slot)
         if exp is None or exp.guarded:
             return -1
+        peer = exp.peers.get(src)
+        if peer is None:
+            peer = exp.new_peer(src)
+        peer[0] += 1
+        peer[1] = self.now
         return self._ata(buf, mv, n, exp, src, tag)
 
     def respond_batch(self, views: Sequence[memoryview], lengths: Sequence[int], n: int,
@@ -245,7 +250,7 @@ class Engine:
                 continue
             peer = exp.peers.get(src)
             if peer is None:
-                peer = exp.peers[src] = [0, 0.0]
+                peer = exp.new_peer(src)
             peer[0] += 1
             peer[1] = now
             if 0 < count <= max_sectors:
@@ -410,7 +415,7 @@ class Engine:
                 continue
             peer = exp.peers.get(src)
             if peer is None:
-                peer = exp.peers[src] = [0, 0.0]
+                peer = exp.new_peer(src)
             peer[0] += 1
             peer[1] = self.now
             if vf >> 4 != AOE_VERSION:

@@ -32,6 +32,7 @@ log = logging.getLogger("aoe.target")
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
 MAX_CONFIG = 1024
+MAX_PEERS = 1024  # initiators remembered per export for `aoe status`
 DIRECT_ALIGN = 4096  # buffer alignment used for O_DIRECT; also fine for 512-byte devices
 
 
@@ -110,6 +111,7 @@ class Store:
         self.guarded = False
         # What `aoe status` shows: bumped by the engine on its paths.
         self.peers: dict[bytes, list[float]] = {}  # initiator MAC -> [frames, last seen]
+        self._overflow_peer: list[float] = [0, 0.0]
         self.bytes_read = 0
         self.bytes_written = 0
         self.errors = 0
@@ -221,6 +223,16 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.spec.name}, {self.spec.path!r}, sectors={self.sectors})"
+
+    def new_peer(self, mac: bytes) -> list[float]:
+        """The [frames, last seen] record of a newly seen initiator. Past MAX_PEERS (forged
+        source MACs must not grow memory without bound) newcomers share one scratch record
+        that `aoe status` does not list."""
+        if len(self.peers) < MAX_PEERS:
+            rec: list[float] = [0, 0.0]
+            self.peers[bytes(mac)] = rec
+            return rec
+        return self._overflow_peer
 
     # --- I/O ------------------------------------------------------------------------
     def read_into(self, view: memoryview, pos: int) -> int:
