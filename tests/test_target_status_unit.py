@@ -3,10 +3,11 @@ and the bound on remembered initiators that forged source MACs cannot grow past.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from aoe.protocol import AtaBody, Command, ConfigBody, Frame, encode
-from aoe.target.control import export_status
+from aoe.target.control import export_status, sweep_stale
 from aoe.target.engine import Engine
 from aoe.target.store import MAX_PEERS, ExportSpec, Store
 
@@ -37,3 +38,15 @@ def test_status_counts_and_peer_bound(tmp_path: Path) -> None:
     assert st["bytes_read"] == 1024 and st["errors"] == 1
     one = next(p for p in st["initiators"] if p["mac"] == "0a:00:00:00:00:01")
     assert one == {"mac": "0a:00:00:00:00:01", "frames": 2, "last_seen_s": 2.5}
+
+
+def test_stale_sockets_are_swept(tmp_path: Path) -> None:
+    """A killed target leaves serve-PID.sock behind; the next start removes it (and only
+    sockets whose process is gone)."""
+    dead = tmp_path / "serve-999999999.sock"
+    alive = tmp_path / f"serve-{os.getpid()}.sock"
+    other = tmp_path / "targets.sock"
+    for p in (dead, alive, other):
+        p.touch()
+    assert sweep_stale(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists()

@@ -182,11 +182,31 @@ def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
     conn.sendall(json.dumps(obj).encode() + b"\n")
 
 
+def sweep_stale(directory: Path = RUN_DIR) -> list[Path]:
+    """Remove ``serve-PID.sock`` files whose process is gone (a target that was killed
+    could not remove its own); returns what was removed."""
+    removed = []
+    try:
+        names = list(directory.glob("serve-*.sock"))
+    except OSError:
+        return removed
+    for p in names:
+        pid = p.name[len("serve-"):-len(".sock")]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
 def _listen(path: Path) -> socket.socket:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.parent == RUN_DIR:
             os.chmod(path.parent, 0o700)
+            sweep_stale(RUN_DIR)
     except OSError as exc:
         raise ControlError(f"cannot create {path.parent}: {exc.strerror}") from None
     if path.exists() or path.is_symlink():
