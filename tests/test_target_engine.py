@@ -446,9 +446,15 @@ def test_state_persists_across_reopen(image: Path, tmp_path: Path) -> None:
     saved = json.loads(state_file.read_text())
     assert saved["masks"] == ["02:00:00:00:00:02"] and saved["config_text"] == "saved"
     assert not list(state.glob(".*tmp"))  # the temp file was renamed away
-    with Store.open(ExportSpec(1, 2, str(image), config=b"initial"), state) as e:
-        assert e.config == b"saved"  # saved state wins over the configured initial string
+    with Store.open(ExportSpec(1, 2, str(image), config=b"initial"), state,
+                    keep_state=True) as e:
+        assert e.config == b"saved"  # --keep-state: saved state wins over the configuration
         assert e.mask_list() == [INIT] and e.reserve_list() == [INIT] and e.guarded
+    with Store.open(ExportSpec(1, 2, str(image), config=b"initial"), state) as e:
+        assert e.config == b"initial"  # by default the configuration wins (and says so)
+        assert e.mask_list() == [INIT] and e.reserve_list() == [INIT] and e.guarded
+    with Store.open(ExportSpec(1, 2, str(image)), state) as e:
+        assert e.config == b"initial"  # nothing configured: the saved value stays
 
 
 def test_announcements(export: Store) -> None:

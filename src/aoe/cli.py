@@ -32,6 +32,20 @@ from .target.cli import serve  # noqa: E402
 
 main.add_command(serve)
 
+from .target.ctl_cli import ctl, status  # noqa: E402
+
+main.add_command(status)
+main.add_command(ctl)
+
+from .target.systemd import systemd_group  # noqa: E402
+
+main.add_command(systemd_group)
+
+from .initiator.admin_cli import config_cmd, flush_cmd, mask_cmd, reserve_cmd  # noqa: E402
+
+for _cmd in (config_cmd, mask_cmd, reserve_cmd, flush_cmd):
+    main.add_command(_cmd)
+
 from .initiator.cli import copy, discover, info  # noqa: E402
 
 main.add_command(discover)

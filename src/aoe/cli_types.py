@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from .net.rawsock import InterfaceError
-from .protocol.mac import parse_address
+from .protocol.mac import parse_address, parse_mac
 from .units import parse_size
 
 
@@ -41,6 +41,24 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]
 
 ADDRESS = AddressType()
 SIZE = SizeType()
+
+
+class MacType(click.ParamType):  # type: ignore[type-arg]
+    """A MAC address: 02:00:00:00:00:01, 02-00-00-00-00-01 or 020000000001."""
+
+    name = "mac"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        try:
+            return parse_mac(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+MAC = MacType()
 
 
 def net_errors(exc: OSError, ifname: str) -> click.ClickException:

@@ -125,6 +125,9 @@ def discover(
             "exclude this host)"
         )
     click.echo(_table(found))
+    for t in found:
+        if t.conflict:
+            click.echo(f"warning: {t.conflict}", err=True)
 
 
 # --- info ---------------------------------------------------------------------------------

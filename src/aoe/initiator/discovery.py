@@ -34,7 +34,7 @@ from ..protocol import (
     max_sectors_for_mtu,
     parse_identify,
 )
-from .errors import MtuMismatchError
+from .errors import ConflictingTargetsError, MtuMismatchError
 from .ports import check_root, open_ports, resolve_interfaces
 
 RECV_SIZE = 65536
@@ -80,6 +80,7 @@ class TargetInfo:
     flush_cache: bool = False
     flush_cache_ext: bool = False
     identify_error: str | None = None
+    conflict: str | None = None  # several MACs answer for this address with different disks
 
     @property
     def address(self) -> str:
@@ -260,6 +261,57 @@ def identify(
     return info
 
 
+def identify_all(ports: Sequence[RawSocket], targets: Sequence[TargetInfo],
+                 timeout: float = 0.5, tries: int = 3) -> None:
+    """IDENTIFY many targets at once: every request sent, then the answers gathered by tag,
+    so a segment with hundreds of targets is identified in about one round trip. Targets
+    still silent after ``tries`` rounds go through :func:`identify` one by one."""
+    by_name = {p.ifname: p for p in ports}
+    base = int.from_bytes(os.urandom(4), "big") & 0x7FFF0000
+    waiting = {i: t for i, t in enumerate(targets) if t.paths}
+    for attempt in range(tries):
+        if not waiting:
+            return
+        tags: dict[tuple[int, bytes], int] = {}
+        for i, info in waiting.items():
+            path = info.paths[attempt % len(info.paths)]
+            port = by_name[path.ifname]
+            dst = bytes.fromhex(path.target_mac.replace(":", ""))
+            tag = (base + i + attempt * len(targets)) & 0x7FFFFFFF
+            tag |= 0x80000000
+            tags[(tag, dst)] = i
+            try:
+                port.send(identify_frame(dst, port.mac, info.shelf, info.slot, tag))
+            except OSError:
+                pass
+        deadline = [time.monotonic() + timeout]
+        for _port, frame, _now in _receive(ports, deadline):
+            idx = tags.get((frame.tag, frame.src), -1) if frame.command == Command.ATA else -1
+            found = waiting.get(idx)
+            if found is None or (frame.shelf, frame.slot) != (found.shelf, found.slot):
+                continue
+            info, i = found, idx
+            body = frame.body
+            if frame.is_error or not isinstance(body, AtaBody) or len(body.data) != SECTOR_SIZE:
+                continue
+            try:
+                ident = parse_identify(body.data)
+            except DecodeError as exc:
+                info.identify_error = f"bad IDENTIFY page: {exc.detail}"
+                del waiting[i]
+                continue
+            info.sectors = ident.sectors
+            info.model, info.serial, info.firmware = ident.model, ident.serial, ident.firmware
+            info.lba48 = ident.lba48
+            info.flush_cache, info.flush_cache_ext = ident.flush_cache, ident.flush_cache_ext
+            info.identify_error = None
+            del waiting[i]
+            if not waiting:
+                return
+    for info in waiting.values():
+        identify(ports, info, tries=1)
+
+
 def discover(
     ifaces: Iterable[str] | None = None,
     target: tuple[int, int] | None = None,
@@ -278,9 +330,10 @@ def discover(
     ports = open_ports(names)
     try:
         targets = query_config(ports, target, timeout, settle)
-        for info in targets:
-            if with_identify:
-                identify(ports, info)
+        if with_identify:
+            identify_all(ports, targets)
+            for info in targets:
+                find_conflict(ports, info)
         return targets
     finally:
         for port in ports:
@@ -295,3 +348,30 @@ def require_frame_size(info: TargetInfo) -> None:
                 f"target {info.address} announces {path.max_sectors} sectors per command "
                 f"and {path.ifname} has MTU {path.mtu}: no sector fits in one frame"
             )
+
+
+def find_conflict(ports: Sequence[RawSocket], info: TargetInfo) -> str | None:
+    """When several MACs answer for one shelf.slot, IDENTIFY each: they are paths to one disk
+    only if serial and size agree. Otherwise record (and return) a message naming the MACs."""
+    macs = info.target_macs
+    if len(macs) < 2:
+        return None
+    seen: dict[tuple[str, int | None], list[str]] = {}
+    for mac in macs:
+        one = TargetInfo(info.shelf, info.slot, [p for p in info.paths if p.target_mac == mac])
+        identify(ports, one)
+        key = (one.serial, one.sectors) if one.identify_error is None else ("?", None)
+        seen.setdefault(key, []).append(mac)
+    if len(seen) < 2:
+        return None
+    parts = [f"{', '.join(m)} (serial {s or '?'}, "
+             f"{'?' if n is None else n * SECTOR_SIZE} bytes)" for (s, n), m in seen.items()]
+    info.conflict = (f"{info.address} is answered by different disks: {'; '.join(parts)}; "
+                     "two targets share this address, so nothing is read or written")
+    return info.conflict
+
+
+def require_one_disk(ports: Sequence[RawSocket], info: TargetInfo) -> None:
+    """ConflictingTargetsError when the MACs answering for ``info`` are not one disk."""
+    if find_conflict(ports, info):
+        raise ConflictingTargetsError(info.conflict or "")

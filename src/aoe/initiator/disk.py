@@ -16,7 +16,7 @@ from types import TracebackType
 
 from ..protocol import SECTOR_SIZE, DecodeError, format_mac, parse_identify
 from ..protocol.ata import LBA28_MAX_SECTORS
-from .discovery import TargetInfo, query_config, require_frame_size
+from .discovery import TargetInfo, query_config, require_frame_size, require_one_disk
 from .errors import DiskClosedError, InitiatorError, NoTargetError, TargetReadOnlyError
 from .ports import check_root, open_ports, resolve_interfaces
 from .session import Request, Session, SessionStats
@@ -119,6 +119,7 @@ class AoeDisk:
                 )
             info = found[0]
             require_frame_size(info)
+            require_one_disk(ports, info)
             session = Session(
                 info,
                 ports,

@@ -78,3 +78,10 @@ class DiskClosedError(InitiatorError):
     """The disk (session) was closed while, or before, the request ran."""
 
     errno = _errno.EBADF
+
+
+class ConflictingTargetsError(InitiatorError):
+    """Several MACs answer for one shelf.slot but are not the same disk (two targets on one
+    address): reading or writing through both would mix two disks."""
+
+    errno = _errno.EADDRINUSE

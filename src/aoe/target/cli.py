@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from ..cli_types import ADDRESS, SIZE
+from ..cli_types import ADDRESS, MAC, SIZE
 from ..protocol.mac import format_mac
 from .config import ConfigError, ServeConfig, load_config
+from .control import ControlError, ControlServer, default_socket_path
 from .counters import Counters
+from .linkwatch import LinkWatch
 from .logs import setup_logging
+from .notify import Notifier, under_journald
 from .server import InterfaceSpec, Target, TargetError
 from .state import StateError
 from .store import ExportSpec, StoreError
@@ -74,12 +79,23 @@ def _print_counters(counters: Counters, as_json: bool) -> None:
 @click.option("--no-announce", is_flag=True, help="Do not broadcast a Query Config on start.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Frames taken per system call.")
+@click.option("--allow", "allow", multiple=True, type=MAC, metavar="MAC",
+              help="Only this initiator may use the export (repeatable; seeds the mask list).")
+@click.option("--keep-state", is_flag=True,
+              help="Saved config string and mask list win over the command line and TOML.")
+@click.option("--force", is_flag=True,
+              help="Serve even if another target answers for the address or the store is "
+                   "mounted, loop-attached or held.")
+@click.option("--control-socket", "control_path", type=click.Path(dir_okay=False),
+              default=None, help="Unix socket for aoe status / aoe ctl "
+              "[default: /run/pyaoe/serve-PID.sock].")
 @click.option("--json", "as_json", is_flag=True, help="Counters and logs as JSON lines.")
 @click.option("-v", "--verbose", count=True, help="-v: start-up and state changes; -vv: all.")
 def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
           config_path: str | None, mtu: int | None, offset: int, length: int | None,
           read_only: bool, direct: bool, sync_: bool, config_string: str | None,
-          state_dir: str | None, no_announce: bool, batch: int, as_json: bool,
+          state_dir: str | None, no_announce: bool, batch: int, allow: tuple[bytes, ...],
+          keep_state: bool, force: bool, control_path: str | None, as_json: bool,
           verbose: int) -> None:
     """Serve FILE (a disk image or block device) as AoE target SHELF.SLOT on IFACE.
 
@@ -87,27 +103,92 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
     One export:    aoe serve eth0 1.0 disk.img
     Many exports:  aoe serve -c exports.toml
 
-    Runs in the foreground until SIGINT or SIGTERM; SIGUSR1 prints the counters, which
-    are printed again on exit.
+    Runs in the foreground until SIGINT or SIGTERM; SIGHUP re-reads --config and applies
+    the difference; SIGUSR1 prints the counters, which are printed again on exit.
+    `aoe status` and `aoe ctl` reach it through its control socket.
     """
-    setup_logging(verbose, as_json)
-    cfg = _build_config(iface, address, file, config_path, mtu, offset, length, read_only,
-                        direct, sync_, config_string, state_dir)
+    setup_logging(verbose, as_json, timestamps=not under_journald())
+
+    def configure() -> ServeConfig:
+        cfg = _build_config(iface, address, file, config_path, mtu, offset, length, read_only,
+                            direct, sync_, config_string, state_dir)
+        for spec in cfg.exports:
+            if allow and spec.allow is None:
+                spec.allow = list(allow)
+            spec.force = spec.force or force
+        return cfg
+
+    cfg = configure()
     check_privileges()
+    _raise_file_limit(len(cfg.exports))
+    notifier = Notifier()
     counters = Counters()
-    target = Target(cfg.exports, cfg.interfaces, state_dir=cfg.state_dir,
-                    announce=not no_announce, batch=batch, counters=counters)
     try:
+        target = Target(cfg.exports, cfg.interfaces, state_dir=cfg.state_dir,
+                        announce=not no_announce, batch=batch, counters=counters,
+                        keep_state=keep_state, probe=True)
         target.open()
     except (TargetError, StoreError, StateError) as exc:
         raise click.ClickException(str(exc)) from None
+    control: ControlServer | None = None
+    watch: LinkWatch | None = None
     try:
+        try:
+            control = ControlServer(target, Path(control_path) if control_path
+                                    else default_socket_path())
+        except ControlError as exc:
+            raise click.ClickException(str(exc)) from None
+        if config_path is not None:
+            def reread() -> ServeConfig:
+                notifier.send(reloading=1, status="reloading the configuration")
+                return _reload_config(configure)
+
+            target.reload_source = reread
+
+        def changed() -> None:
+            notifier.send(ready=1, status=summary(target))
+
+        target.on_change = changed
+        watch = LinkWatch([p.name for p in target.ports],
+                          lambda name, mtu: target.call_soon(
+                              lambda: target.mtu_changed(name, mtu)))
         target.install_signal_handlers(lambda c: _print_counters(c, as_json))
         _print_ready(target, as_json)
+        notifier.send(ready=1, status=summary(target), mainpid=os.getpid())
         target.serve_forever()
     finally:
+        notifier.send(stopping=1, status="stopping")
+        if control is not None:
+            control.close()
+        if watch is not None:
+            watch.close()
         target.close()
         _print_counters(counters, as_json)
+        notifier.close()
+
+
+def _raise_file_limit(exports: int) -> None:
+    """One descriptor per export: lift the soft limit to the hard one when many are served."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < exports + 256:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.warning("file_limit", extra={"soft": soft, "exports": exports})
+
+
+def _reload_config(configure: Callable[[], ServeConfig]) -> ServeConfig:
+    try:
+        return configure()
+    except click.ClickException as exc:
+        raise ConfigError(exc.format_message()) from None
+
+
+def summary(target: Target) -> str:
+    """The one-line STATUS= systemd shows: what is served where."""
+    ifaces = ", ".join(f"{p.name} (mtu {p.sock.mtu})" for p in target.ports)
+    n = len(target.exports)
+    return f"serving {n} export{'s' if n != 1 else ''} on {ifaces}"
 
 
 def _print_ready(target: Target, as_json: bool) -> None:

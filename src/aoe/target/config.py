@@ -15,6 +15,7 @@ Example::
     sync = false                          # O_SYNC
     config = "rack 3"                     # initial config string
     interfaces = ["eth0"]                 # optional: default is every interface
+    allow = ["02:00:00:00:00:01"]         # optional: only these initiators (mask list)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import units
-from ..protocol.mac import parse_address
+from ..protocol.mac import parse_address, parse_mac
 from .server import InterfaceSpec
 from .store import ExportSpec
 
@@ -44,6 +45,7 @@ _EXPORT_KEYS = {
     "interfaces",
     "serial",
     "model",
+    "allow",
 }
 _TOP_KEYS = {"state_dir", "interfaces", "export", "mtu"}
 
@@ -103,10 +105,16 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> ServeConfig:
     exports = data.get("export", [])
     if not isinstance(exports, list) or not exports:
         raise ConfigError("no [[export]] tables: nothing to serve")
+    seen: dict[tuple[int, int], int] = {}
     for i, ex in enumerate(exports):
         if not isinstance(ex, dict):
             raise ConfigError(f"export[{i}]: expected a table")
-        cfg.exports.append(_parse_export(ex, i, base))
+        spec = _parse_export(ex, i, base)
+        first = seen.setdefault((spec.shelf, spec.slot), i)
+        if first != i:
+            raise ConfigError(f"export[{i}]: address {spec.shelf}.{spec.slot} is already "
+                              f"used by export[{first}]")
+        cfg.exports.append(spec)
     if not cfg.interfaces:
         named = sorted({n for e in cfg.exports for n in (e.interfaces or [])})
         if not named:
@@ -160,6 +168,7 @@ def _parse_export(ex: dict[str, Any], i: int, base: Path | None) -> ExportSpec:
     for key in ("serial", "model"):
         if key in ex and not isinstance(ex[key], str):
             raise ConfigError(f"{where}.{key}: expected a string")
+    allow = _parse_allow(ex.get("allow"), where)
     return ExportSpec(
         shelf=shelf,
         slot=slot,
@@ -173,6 +182,7 @@ def _parse_export(ex: dict[str, Any], i: int, base: Path | None) -> ExportSpec:
         interfaces=ifaces,
         serial=ex.get("serial"),
         model=ex.get("model"),
+        allow=allow,
     )
 
 
@@ -217,3 +227,24 @@ def _export_interfaces(ifaces: Any, where: str) -> list[str] | None:
     if not (isinstance(ifaces, list) and all(isinstance(n, str) for n in ifaces)):
         raise ConfigError(f"{where}.interfaces: expected a list of interface names")
     return ifaces
+
+
+def _parse_allow(value: object, where: str) -> list[bytes] | None:
+    """``allow = ["aa:bb:cc:dd:ee:ff", ...]``: the MACs seeded into the mask list."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ConfigError(f"{where}.allow: expected a list of MAC addresses")
+    out: list[bytes] = []
+    for m in value:
+        try:
+            mac = parse_mac(m)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.allow: {exc}") from None
+        if mac not in out:
+            out.append(mac)
+    if len(out) > 255:
+        raise ConfigError(f"{where}.allow: at most 255 MACs (the AoE mask list limit)")
+    return out

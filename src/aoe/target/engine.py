@@ -157,6 +157,16 @@ class Engine:
         # What fits in one frame at this MTU: mask list and reserve list entries.
         self._mask_room = min(255, (self.frame_size - fr.MASK_ARGS.size - HEADER.size) // 8)
         self._reserve_room = min(255, (self.frame_size - fr.RESERVE_ARGS.size - HEADER.size) // 6)
+        self.now = 0.0  # wall-clock time of the current burst (set by the server loop)
+
+    def set_exports(self, exports: Sequence[Store]) -> None:
+        """Serve exactly ``exports`` from the next frame on (between bursts: a reload)."""
+        by_key = {e.key: e for e in exports}
+        if len(by_key) != len(exports):
+            raise ValueError("two exports share an address")
+        self._by_addr = {e.shelf.to_bytes(2, "big") + bytes([e.slot]): e for e in exports}
+        self._by_key = by_key
+        self.exports = list(exports)
 
     # --- public entry points ------------------------------------------------------------
     def handle(self, frame: bytes | bytearray | memoryview) -> list[bytes]:
@@ -190,6 +200,11 @@ class Engine:
         exp = self._by_key.get((shelf << 8) | slot)
         if exp is None or exp.guarded:
             return -1
+        peer = exp.peers.get(src)
+        if peer is None:
+            peer = exp.new_peer(src)
+        peer[0] += 1
+        peer[1] = self.now
         return self._ata(buf, mv, n, exp, src, tag)
 
     def respond_batch(self, views: Sequence[memoryview], lengths: Sequence[int], n: int,
@@ -218,6 +233,7 @@ class Engine:
         run_pos = run_end = 0
         replies = 0
         flush = self._flush_run
+        now = self.now
         for i in range(n):
             v = views[i]
             length = lengths[i]
@@ -232,6 +248,11 @@ class Engine:
             if exp is None or exp.guarded:
                 out[i] = -1
                 continue
+            peer = exp.peers.get(src)
+            if peer is None:
+                peer = exp.new_peer(src)
+            peer[0] += 1
+            peer[1] = now
             if 0 < count <= max_sectors:
                 nbytes = count << 9
                 end = ATA_HEADER_LEN + nbytes
@@ -304,6 +325,7 @@ class Engine:
         if got == want:
             c.writes += len(bufs)
             c.bytes_written += want
+            exp.bytes_written += want
             for i in idx:
                 views[i][ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD_ACK
             return
@@ -319,6 +341,7 @@ class Engine:
             if ok:
                 c.writes += 1
                 c.bytes_written += len(view)
+                exp.bytes_written += len(view)
                 views[i][ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD_ACK
             else:
                 self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
@@ -337,6 +360,7 @@ class Engine:
         if got == want:
             c.reads += len(bufs)
             c.bytes_read += want
+            exp.bytes_read += want
             return
         # Retry each frame alone so only the ones that really fail get the error.
         for view, i in zip(bufs, idx, strict=True):
@@ -349,6 +373,7 @@ class Engine:
             if ok:
                 c.reads += 1
                 c.bytes_read += len(view)
+                exp.bytes_read += len(view)
             else:
                 self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
                 out[i] = ETH_MIN_FRAME
@@ -356,6 +381,7 @@ class Engine:
     def _ata_error_rewrite(self, buf: memoryview, exp: Store, err: int, kind: str) -> None:
         """Turn a reply header already written into an ATA error reply (keeps the tag)."""
         self.counters.error(kind)
+        exp.errors += 1
         buf[25] = err
         buf[27] = _ERR_STATUS
         buf[ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD[ATA_HEADER_LEN:]
@@ -385,7 +411,13 @@ class Engine:
         for exp in targets:
             if exp.masks and src not in exp.masks:
                 c.error(ck.ACL)
+                exp.errors += 1
                 continue
+            peer = exp.peers.get(src)
+            if peer is None:
+                peer = exp.new_peer(src)
+            peer[0] += 1
+            peer[1] = self.now
             if vf >> 4 != AOE_VERSION:
                 out.append(self._aoe_error(frame, exp, src, AoeError.UNSUPPORTED_VERSION, 24))
                 continue
@@ -406,11 +438,14 @@ class Engine:
                                         "command": cmd, "tag": tag, "replies": len(out)})
         return out
 
-    def announcements(self) -> list[bytes]:
+    def announcements(self, only: Sequence[Store] | None = None) -> list[bytes]:
         """Unsolicited Query Config answers, one per export: broadcast, or sent to each MAC of
         a non-empty mask list, so initiators that came up first discover this target."""
         out = []
+        keep = None if only is None else {id(e) for e in only}
         for exp in self.exports:
+            if keep is not None and id(exp) not in keep:
+                continue
             body = self._config_body(exp, ConfigCommand.READ)
             dests = exp.mask_list() or [BROADCAST_MAC]
             for dst in dests:
@@ -478,6 +513,7 @@ class Engine:
                     return self._ata_error(buf, exp, src, tag, _UNC, ck.ATA_IO)
             c.reads += 1
             c.bytes_read += nbytes
+            exp.bytes_read += nbytes
             _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot, 0, tag)
             buf[25] = 0
             buf[27] = _DRDY
@@ -505,6 +541,7 @@ class Engine:
         c = self.counters
         c.writes += 1
         c.bytes_written += nbytes
+        exp.bytes_written += nbytes
         _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot, 0, tag)
         buf[25] = 0
         buf[27] = _DRDY
@@ -555,6 +592,7 @@ class Engine:
                    kind: str) -> int:
         """An ATA-level failure: AoE success, ATA status ERR with ``err`` bits set."""
         self.counters.error(kind)
+        exp.errors += 1
         _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot, 0, tag)
         buf[25] = err
         buf[27] = _ERR_STATUS
@@ -565,6 +603,7 @@ class Engine:
                             code: AoeError) -> int:
         """An AoE-level error answering an ATA request: arguments echoed, no data."""
         self.counters.error(_AOE_ERROR_KIND[code])
+        exp.errors += 1
         _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP_ERR, int(code), exp.shelf,
                   exp.slot, 0, tag)
         buf[ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD[ATA_HEADER_LEN:]
@@ -575,6 +614,7 @@ class Engine:
                    echo: int) -> bytes:
         """Echo the first ``echo`` bytes of the request with the error flag and code set."""
         self.counters.error(_AOE_ERROR_KIND[code])
+        exp.errors += 1
         _, _, _, _, _, _, _, cmd, tag = _HDR_UNPACK(frame)
         head = HEADER.pack(src, self.mac, ETHERTYPE_AOE, _RESP_ERR, int(code), exp.shelf,
                            exp.slot, cmd, tag)
@@ -588,6 +628,7 @@ class Engine:
         resp.shelf, resp.slot = exp.shelf, exp.slot
         if error:
             self.counters.error(_AOE_ERROR_KIND[AoeError(error)])
+            exp.errors += 1
         return fr.encode(resp, pad=True)
 
     def _decode(self, frame: bytes) -> fr.Frame | None:

@@ -27,10 +27,15 @@ def _text(value: Any) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
+    def __init__(self, timestamps: bool = True) -> None:
+        super().__init__()
+        self.timestamps = timestamps  # the journal stamps each line itself
+
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        parts = [f"{ts}.{int(record.msecs):03d}", record.levelname.lower(),
-                 _text(record.getMessage())]
+        parts = [record.levelname.lower(), _text(record.getMessage())]
+        if self.timestamps:
+            ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+            parts.insert(0, f"{ts}.{int(record.msecs):03d}")
         parts += [f"{k}={_text(v)}" for k, v in _fields(record).items()]
         line = " ".join(parts)
         if record.exc_info:
@@ -48,11 +53,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(verbosity: int, as_json: bool = False, stream: TextIO | None = None) -> None:
+def setup_logging(verbosity: int, as_json: bool = False, stream: TextIO | None = None,
+                  timestamps: bool = True) -> None:
     """Warnings by default, ``-v`` start-up and state changes, ``-vv`` every decision."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else KeyValueFormatter())
+    handler.setFormatter(JsonFormatter() if as_json else KeyValueFormatter(timestamps))
     root = logging.getLogger("aoe")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..protocol.mac import format_mac
 from . import counters as ck
 from .counters import Counters
 from .engine import Engine
+from .probe import other_owners
 from .store import ExportSpec, Store, StoreError
 
 log = logging.getLogger("aoe.target")
@@ -84,6 +86,8 @@ class Target:
         announce: bool = True,
         batch: int = DEFAULT_BATCH,
         counters: Counters | None = None,
+        keep_state: bool = False,
+        probe: bool = False,
     ) -> None:
         if not exports:
             raise TargetError("nothing to serve: no exports given")
@@ -103,6 +107,8 @@ class Target:
                 if ifn not in names:
                     raise TargetError(f"{s.name}: interface {ifn!r} is not one the target serves")
         self.state_dir = state_dir
+        self.keep_state = keep_state
+        self.probe = probe
         self.announce = announce
         self.batch_size = batch
         self.counters = counters if counters is not None else Counters()
@@ -113,6 +119,11 @@ class Target:
         self._thread: threading.Thread | None = None
         self._dump_requested = False
         self.on_dump: Callable[[Counters], None] | None = None
+        self._chores: deque[Callable[[], None]] = deque()
+        self.on_change: Callable[[], None] | None = None  # after a reload or link change
+        self.reload_source: Callable[[], object] | None = None  # -> ServeConfig (SIGHUP)
+        self._reloading = False
+        self.started = time.time()
 
     # --- set-up ---------------------------------------------------------------------
     def open(self) -> Target:
@@ -135,8 +146,10 @@ class Target:
         try:
             for ifs in self.ifspecs:
                 socks.append((ifs, _open_interface(ifs)))
+            if self.probe:
+                self._refuse_taken_addresses([(i.name, s) for i, s in socks], self.specs)
             for spec in self.specs:
-                self.exports.append(Store.open(spec, self.state_dir))
+                self.exports.append(Store.open(spec, self.state_dir, self.keep_state))
         except StoreError as exc:
             for _, s in socks:
                 s.close()
@@ -148,28 +161,86 @@ class Target:
         for ifs, sock in socks:
             served = [e for e in self.exports
                       if e.spec.interfaces is None or ifs.name in e.spec.interfaces]
-            bufcnt = min(0xFFFF, sock.queue_capacity(sock.mtu + 14))
-            engine = Engine(served, sock.mac, sock.mtu, self.counters, buffer_count=bufcnt)
-            slot = -(-engine.frame_size // _SLOT_ROUND) * _SLOT_ROUND
-            batch = sock.batch(self.batch_size, slot)
-            self.ports.append(_Port(ifs.name, sock, engine, batch))
+            port = self._make_port(ifs.name, sock, served)
+            self.ports.append(port)
             log.info(
                 "serving",
                 extra={"interface": ifs.name, "mtu": sock.mtu, "mac": format_mac(sock.mac),
                        "exports": [e.spec.name for e in served],
-                       "max_sectors": engine.max_sectors, "buffer_count": bufcnt},
+                       "max_sectors": port.engine.max_sectors,
+                       "buffer_count": port.engine.buffer_count},
             )
+        self.fit_mask_limits()
         for e in self.exports:
-            # A mask list must fit one frame on every interface that serves the export.
-            mtus = [p.engine.frame_size for p in self.ports if e in p.engine.exports]
+            log.info("export", extra=e.describe())
+            warn_if_open(e)
+
+    def _make_port(self, name: str, sock: RawSocket, served: Sequence[Store]) -> _Port:
+        """Engine and batch buffers sized for the socket's current MTU."""
+        bufcnt = min(0xFFFF, sock.queue_capacity(sock.mtu + 14))
+        engine = Engine(served, sock.mac, sock.mtu, self.counters, buffer_count=bufcnt)
+        slot = -(-engine.frame_size // _SLOT_ROUND) * _SLOT_ROUND
+        return _Port(name, sock, engine, sock.batch(self.batch_size, slot))
+
+    def mtu_changed(self, name: str, mtu: int) -> None:
+        """Serving thread: the interface's MTU changed: re-derive max sectors, rebuild the
+        port's engine and buffers, and announce the exports with the new values."""
+        for i, old in enumerate(self.ports):
+            if old.name != name or old.sock.mtu == mtu:
+                continue
+            if max_sectors_for_mtu(mtu) < 1:
+                log.error("mtu_too_small", extra={"interface": name, "mtu": mtu,
+                                                  "why": "no sector fits a frame; not serving"})
+            old.sock.mtu = mtu
+            try:
+                port = self._make_port(name, old.sock, old.engine.exports)
+            except ValueError as exc:
+                log.error("mtu_change_failed", extra={"interface": name, "why": str(exc)})
+                return
+            self.ports[i] = port
+            self.fit_mask_limits()
+            log.warning("mtu_changed", extra={
+                "interface": name, "mtu": mtu, "max_sectors": port.engine.max_sectors,
+                "was": old.engine.max_sectors})
+            if self.announce:
+                for frame in port.engine.announcements():
+                    try:
+                        port.sock.send(frame)
+                        self.counters.frames_out += 1
+                    except OSError:
+                        self.counters.error(ck.SEND)
+            if self.on_change is not None:
+                self.on_change()
+
+    def fit_mask_limits(self) -> None:
+        """A mask list must fit one frame on every interface that serves the export."""
+        served = [(p.engine.frame_size, {id(x) for x in p.engine.exports}) for p in self.ports]
+        for e in self.exports:
+            mtus = [size for size, ids in served if id(e) in ids]
             if mtus:
                 e.mask_limit = min(255, (min(mtus) - 28) // 8)
-            log.info("export", extra=e.describe())
 
-    def send_announcements(self) -> None:
+    def _refuse_taken_addresses(self, socks: Sequence[tuple[str, RawSocket]],
+                                specs: Sequence[ExportSpec]) -> None:
+        """TargetError naming the other MAC when another target answers for an address we
+        are about to serve (exports with ``force`` are only warned about)."""
+        by_addr = {(s.shelf, s.slot): s for s in specs}
+        taken = other_owners(socks, by_addr)
+        for addr in sorted(taken):
+            spec = by_addr[addr]
+            who = ", ".join(f"{mac} on {ifn}" for ifn, mac in taken[addr])
+            if spec.force:
+                log.warning("address_shared", extra={"export": spec.name, "other": who,
+                                                     "why": "--force"})
+                continue
+            raise TargetError(f"{spec.name}: another AoE target already answers for "
+                              f"{addr[0]}.{addr[1]} ({who}); two targets on one address mix "
+                              "two disks (stop it, pick another address, or --force)")
+
+    def send_announcements(self, only: Sequence[Store] | None = None) -> None:
         """Broadcast one unsolicited Query Config answer per export and interface."""
         for p in self.ports:
-            for frame in p.engine.announcements():
+            for frame in p.engine.announcements(only):
                 try:
                     p.sock.send(frame)
                     self.counters.frames_out += 1
@@ -192,16 +263,24 @@ class Target:
         poller.register(self._wake_r, select.POLLIN)
         by_fd = {p.fd: p for p in self.ports}
         drain = self._drain
+        ports = list(self.ports)
         while not self._stop:
+            if ports != self.ports:  # a port was rebuilt (MTU change)
+                for p in ports:
+                    if p not in self.ports:
+                        poller.unregister(p.fd)
+                for p in self.ports:
+                    if p not in ports:
+                        poller.register(p.fd, select.POLLIN)
+                ports = list(self.ports)
+                by_fd = {p.fd: p for p in ports}
             for fd, _ev in poller.poll(1000):
                 if fd == self._wake_r:
                     self._drain_wake()
                 else:
                     drain(by_fd[fd])
-            if self._dump_requested:
-                self._dump_requested = False
-                if self.on_dump is not None:
-                    self.on_dump(self.counters)
+            if self._chores:
+                self._do_chores()
 
     def _serve_one(self, port: _Port) -> None:
         """One interface: block in recvmmsg itself (no poll), which wakes on the first frame
@@ -210,12 +289,12 @@ class Target:
         port.sock.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                                   struct.pack("ll", 0, BLOCK_TIMEOUT_US))
         drain = self._drain
-        while not self._stop:
+        while not self._stop and port in self.ports:
             drain(port, True)
-            if self._dump_requested:
-                self._dump_requested = False
-                if self.on_dump is not None:
-                    self.on_dump(self.counters)
+            if self._chores:
+                self._do_chores()
+        if not self._stop:  # the port was rebuilt (MTU change): serve the new one
+            self.serve_forever()
 
     def _drain(self, port: _Port, block: bool = False) -> int:
         """Answer everything waiting on one socket, a burst at a time; frames taken.
@@ -245,6 +324,7 @@ class Target:
                 return taken
             block = False
             taken += n
+            port.engine.now = time.time()
             c.frames_in += n
             c.bursts += 1
             try:
@@ -307,7 +387,27 @@ class Target:
     def request_dump(self) -> None:
         """Ask the loop to call :attr:`on_dump` with the counters (SIGUSR1)."""
         self._dump_requested = True
+        self.call_soon(self._dump)
+
+    def _dump(self) -> None:
+        self._dump_requested = False
+        if self.on_dump is not None:
+            self.on_dump(self.counters)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the serving thread between two bursts (safe from any thread or a
+        signal handler): what changes exports or ports goes through here, so no request is
+        ever half-handled by an old and a new configuration."""
+        self._chores.append(fn)
         self._wake()
+
+    def _do_chores(self) -> None:
+        while self._chores:
+            fn = self._chores.popleft()
+            try:
+                fn()
+            except Exception:  # a failed chore is logged; the target keeps serving
+                log.exception("internal_error", extra={"action": "chore dropped"})
 
     def _wake(self) -> None:
         if self._wake_w >= 0:
@@ -358,9 +458,56 @@ class Target:
         def _usr1(_signum: int, _frame: FrameType | None) -> None:
             self.request_dump()
 
+        def _hup(_signum: int, _frame: FrameType | None) -> None:
+            self.request_reload()
+
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGUSR1, _usr1)
+        signal.signal(signal.SIGHUP, _hup)
+
+    def request_reload(self) -> None:
+        """Re-read the configuration and apply the difference (SIGHUP); one at a time."""
+        if self._reloading:
+            log.warning("reload_ignored", extra={"why": "a reload is already running"})
+            return
+        if self.reload_source is None:
+            log.warning("reload_ignored", extra={"why": "no --config file to re-read"})
+            return
+        self._reloading = True
+        threading.Thread(target=self._reload, name="aoe-reload", daemon=True).start()
+
+    def _reload(self) -> None:
+        from .config import ConfigError, ServeConfig
+        from .reload import apply_config
+
+        try:
+            log.info("reloading")
+            assert self.reload_source is not None
+            cfg = self.reload_source()
+            assert isinstance(cfg, ServeConfig)
+            apply_config(self, cfg)
+        except ConfigError as exc:
+            log.error("reload_failed", extra={"why": str(exc), "kept": "running configuration"})
+            self._changed()
+        except Exception:
+            log.exception("reload_failed", extra={"kept": "running configuration"})
+            self._changed()
+        finally:
+            self._reloading = False
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+def warn_if_open(e: Store) -> None:
+    """One warning line for a writable export any machine on the segment may write."""
+    if not e.read_only and not e.state.masks:
+        log.warning("open_to_all", extra={
+            "export": e.spec.name,
+            "why": "writable and no MAC allowed list: every machine on the segment may write",
+            "hint": "--allow MAC (allow = [...] in the TOML) or --read-only"})
 
 
 def _open_interface(ifs: InterfaceSpec) -> RawSocket:

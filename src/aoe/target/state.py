@@ -76,14 +76,16 @@ class ExportState:
             raise StateError(f"state file {path} does not hold a JSON object")
         return cls.from_json(data, path)
 
-    def save(self) -> None:
-        """Write the state atomically; a no-op for in-memory state."""
+    def save(self, durable: bool = True) -> None:
+        """Write the state atomically; a no-op for in-memory state. ``durable=False`` skips
+        the fsyncs, for a state that can be derived again from the configuration."""
         if self.path is None:
             return
-        write_atomic(self.path, json.dumps(self.to_json(), indent=2).encode() + b"\n")
+        write_atomic(self.path, json.dumps(self.to_json(), indent=2).encode() + b"\n",
+                     durable)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -92,10 +94,13 @@ def write_atomic(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        if not durable:
+            return
         dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)

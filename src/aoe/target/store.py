@@ -8,12 +8,15 @@ reservations). The request engine reads the plain attributes directly on its fas
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import stat
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +27,12 @@ from ..protocol.identify import IdentifyInfo, build_identify
 from ..protocol.mac import format_mac
 from .state import ExportState
 
+log = logging.getLogger("aoe.target")
+
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
 MAX_CONFIG = 1024
+MAX_PEERS = 1024  # initiators remembered per export for `aoe status`
 DIRECT_ALIGN = 4096  # buffer alignment used for O_DIRECT; also fine for 512-byte devices
 
 
@@ -50,6 +56,8 @@ class ExportSpec:
     interfaces: list[str] | None = None  # None: every interface the target serves
     serial: str | None = None
     model: str | None = None
+    allow: list[bytes] | None = None  # MACs seeded into the mask list at start (None: keep)
+    force: bool = False  # serve even a store that is held elsewhere (mounted, loop-attached)
 
     @property
     def name(self) -> str:
@@ -101,6 +109,12 @@ class Store:
         self.masks: set[bytes] = set()
         self.reserved: set[bytes] = set()
         self.guarded = False
+        # What `aoe status` shows: bumped by the engine on its paths.
+        self.peers: dict[bytes, list[float]] = {}  # initiator MAC -> [frames, last seen]
+        self._overflow_peer: list[float] = [0, 0.0]
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.errors = 0
         self._sync_guards()
         self._bounce: mmap.mmap | None = None
         if spec.direct:
@@ -117,7 +131,8 @@ class Store:
 
     # --- construction ---------------------------------------------------------------
     @classmethod
-    def open(cls, spec: ExportSpec, state_dir: str | Path | None = None) -> Store:
+    def open(cls, spec: ExportSpec, state_dir: str | Path | None = None,
+             keep_state: bool = False) -> Store:
         """Open the backing store and load (or create) the saved state."""
         _check_spec(spec)
         fd = _open_fd(spec)
@@ -128,8 +143,10 @@ class Store:
                 raise StoreError(f"{spec.name}: {spec.path}: {exc}") from None
             if spec.direct:
                 _check_direct_alignment(spec, fd, is_device)
+            if not is_device and not (spec.read_only or spec.force):
+                _refuse_if_attached(spec, fd)
             size = _slice_size(spec, total)
-            state = _load_state(spec, state_dir)
+            state = _load_state(spec, state_dir, keep_state)
             return cls(spec, fd, size, state, is_device)
         except BaseException:
             os.close(fd)
@@ -151,6 +168,16 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.spec.name}, {self.spec.path!r}, sectors={self.sectors})"
+
+    def new_peer(self, mac: bytes) -> list[float]:
+        """The [frames, last seen] record of a newly seen initiator. Past MAX_PEERS (forged
+        source MACs must not grow memory without bound) newcomers share one scratch record
+        that `aoe status` does not list."""
+        if len(self.peers) < MAX_PEERS:
+            rec: list[float] = [0, 0.0]
+            self.peers[bytes(mac)] = rec
+            return rec
+        return self._overflow_peer
 
     # --- I/O ------------------------------------------------------------------------
     def read_into(self, view: memoryview, pos: int) -> int:
@@ -278,6 +305,9 @@ def _open_fd(spec: ExportSpec) -> int:
         flags |= os.O_DIRECT
     if spec.sync:
         flags |= os.O_SYNC
+    exclusive = not (spec.read_only or spec.force) and _is_block_device(spec.path)
+    if exclusive:
+        flags |= os.O_EXCL  # on a block device: fails while mounted or held elsewhere
     try:
         try:
             # No access-time update per read (a root target owns what it opens).
@@ -289,6 +319,11 @@ def _open_fd(spec: ExportSpec) -> int:
     except IsADirectoryError:
         raise StoreError(f"{spec.name}: {spec.path} is a directory") from None
     except OSError as exc:
+        if exclusive and exc.errno == errno.EBUSY:
+            raise StoreError(
+                f"{spec.name}: {spec.path} is in use (mounted, or held by another "
+                "program); serving it writable would mix two writers "
+                "(use --read-only, or --force)") from None
         hint = ""
         if spec.direct and exc.errno == 22:
             hint = " (this file system does not support O_DIRECT)"
@@ -312,7 +347,88 @@ def _slice_size(spec: ExportSpec, total: int) -> int:
         )
     if size < SECTOR_SIZE:
         raise StoreError(f"{spec.name}: {spec.path} exports less than one sector")
+    if size % SECTOR_SIZE:
+        log.warning("partial_sector", extra={
+            "export": spec.name, "path": spec.path, "size": size,
+            "bytes_not_served": size % SECTOR_SIZE,
+            "why": "a disk is whole 512-byte sectors; the tail is not exported"})
     return size
+
+
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+_loop_cache: tuple[float, dict[tuple[int, int], list[str]]] = (0.0, {})
+
+
+def loop_devices_of(fd: int) -> list[str]:
+    """The loop devices (e.g. ``/dev/loop3``) whose backing file is the open file ``fd``."""
+    global _loop_cache
+    st = os.fstat(fd)
+    now = time.monotonic()
+    if now - _loop_cache[0] > 1.0:  # one scan serves a start-up that opens many exports
+        _loop_cache = (now, _loop_backing())
+    return _loop_cache[1].get((st.st_dev, st.st_ino), [])
+
+
+def _loop_backing() -> dict[tuple[int, int], list[str]]:
+    found: dict[tuple[int, int], list[str]] = {}
+    try:
+        names = os.listdir("/sys/block")
+    except OSError:
+        return found
+    for name in sorted(names):
+        if not name.startswith("loop"):
+            continue
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                backing = f.read().rstrip("\n")
+        except OSError:
+            continue  # not attached
+        if backing.endswith(" (deleted)"):
+            continue
+        try:
+            bst = os.stat(backing)
+        except OSError:
+            continue
+        found.setdefault((bst.st_dev, bst.st_ino), []).append(f"/dev/{name}")
+    return found
+
+
+def mount_points_of(device: str) -> list[str]:
+    """Where ``device`` (e.g. ``/dev/loop3``) is mounted, as this process sees it."""
+    try:
+        rdev = os.stat(device).st_rdev
+    except OSError:
+        return []
+    want = f"{os.major(rdev)}:{os.minor(rdev)}"
+    out = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[2] == want:
+                    out.append(fields[4])
+    except OSError:
+        pass
+    return out
+
+
+def _refuse_if_attached(spec: ExportSpec, fd: int) -> None:
+    """An image attached to a loop device (and so perhaps mounted) has another writer."""
+    loops = loop_devices_of(fd)
+    if not loops:
+        return
+    where = [m for dev in loops for m in mount_points_of(dev)]
+    held = f"attached to {', '.join(loops)}"
+    if where:
+        held += f" and mounted on {', '.join(where)}"
+    raise StoreError(f"{spec.name}: {spec.path} is {held}; serving it writable would mix "
+                      "two writers (use --read-only, or --force)")
 
 
 def _check_direct_alignment(spec: ExportSpec, fd: int, is_device: bool) -> None:
@@ -336,7 +452,8 @@ def state_file_name(spec: ExportSpec) -> str:
     return f"{spec.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
 
 
-def _load_state(spec: ExportSpec, state_dir: str | Path | None) -> ExportState:
+def _load_state(spec: ExportSpec, state_dir: str | Path | None,
+                keep_state: bool = False) -> ExportState:
     path = None
     if state_dir is not None:
         d = Path(state_dir)
@@ -347,14 +464,51 @@ def _load_state(spec: ExportSpec, state_dir: str | Path | None) -> ExportState:
         path = d / state_file_name(spec)
     state = ExportState.load(path)
     fresh = state is None
+    derived = state is None  # nothing an initiator set yet: no need to fsync it
     if state is None:
         state = ExportState(path=path)
         if spec.config is not None:
             state.config = spec.config
+        if spec.allow is not None:
+            state.masks = list(spec.allow)
+    else:
+        fresh = settle_state(spec, state, keep_state)
     if spec.serial:
         state.serial = spec.serial
     elif not state.serial:
         state.serial = default_serial(spec, os.path.realpath(spec.path))
     if fresh:
-        state.save()
+        state.save(durable=not derived)
     return state
+
+
+def settle_state(spec: ExportSpec, state: ExportState, keep_state: bool) -> bool:
+    """Where the configuration and the saved state disagree, the configuration wins unless
+    ``keep_state``; one log line says which value won. True when the state changed."""
+    changed = False
+    pairs: list[tuple[str, object, object]] = []
+    if spec.config is not None and spec.config != state.config:
+        pairs.append(("config", spec.config, state.config))
+    if spec.allow is not None and list(spec.allow) != state.masks:
+        pairs.append(("masks", list(spec.allow), state.masks))
+    for what, configured, saved in pairs:
+        won = "saved state (--keep-state)" if keep_state else "configuration"
+        log.warning("state_conflict", extra={
+            "export": spec.name, "field": what, "won": won,
+            "configured": _show(configured), "saved": _show(saved)})
+        if keep_state:
+            continue
+        if what == "config":
+            state.config = spec.config or b""
+        else:
+            state.masks = list(spec.allow or [])
+        changed = True
+    return changed
+
+
+def _show(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [format_mac(m) for m in value]
+    return value
