@@ -66,7 +66,7 @@ def _exchange(ifaces: Iterable[str] | None, address: tuple[int, int], command: i
                                 f"{timeout:g} s (not running, or its mask list excludes us)")
         by_name = {p.ifname: p for p in ports}
         pending: dict[int, Answer] = {}
-        seen: set[str] = set()
+        seen: set[bytes] = set()
         tag = int.from_bytes(os.urandom(4), "big") | 0x80000000
         for path in found[0].paths:
             if path.target_mac in seen:
@@ -74,10 +74,10 @@ def _exchange(ifaces: Iterable[str] | None, address: tuple[int, int], command: i
             seen.add(path.target_mac)
             tag = ((tag + 1) & 0xFFFFFFFF) | 0x80000000
             port = by_name[path.ifname]
-            dst = bytes.fromhex(path.target_mac.replace(":", ""))
+            dst = path.target_mac
             port.send(encode(Frame(dst, port.mac, address[0], address[1], command, tag, body),
                              pad=True))
-            pending[tag] = Answer(path.target_mac, path.ifname, None)
+            pending[tag] = Answer(format_mac(path.target_mac), path.ifname, None)
         return _collect(ports, pending, command, timeout)
     finally:
         for p in ports:

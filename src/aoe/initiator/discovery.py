@@ -276,7 +276,7 @@ def identify_all(ports: Sequence[RawSocket], targets: Sequence[TargetInfo],
         for i, info in waiting.items():
             path = info.paths[attempt % len(info.paths)]
             port = by_name[path.ifname]
-            dst = bytes.fromhex(path.target_mac.replace(":", ""))
+            dst = path.target_mac
             tag = (base + i + attempt * len(targets)) & 0x7FFFFFFF
             tag |= 0x80000000
             tags[(tag, dst)] = i
@@ -356,7 +356,7 @@ def find_conflict(ports: Sequence[RawSocket], info: TargetInfo) -> str | None:
     macs = info.target_macs
     if len(macs) < 2:
         return None
-    seen: dict[tuple[str, int | None], list[str]] = {}
+    seen: dict[tuple[str, int | None], list[bytes]] = {}
     for mac in macs:
         one = TargetInfo(info.shelf, info.slot, [p for p in info.paths if p.target_mac == mac])
         identify(ports, one)
@@ -364,7 +364,7 @@ def find_conflict(ports: Sequence[RawSocket], info: TargetInfo) -> str | None:
         seen.setdefault(key, []).append(mac)
     if len(seen) < 2:
         return None
-    parts = [f"{', '.join(m)} (serial {s or '?'}, "
+    parts = [f"{', '.join(format_mac(x) for x in m)} (serial {s or '?'}, "
              f"{'?' if n is None else n * SECTOR_SIZE} bytes)" for (s, n), m in seen.items()]
     info.conflict = (f"{info.address} is answered by different disks: {'; '.join(parts)}; "
                      "two targets share this address, so nothing is read or written")

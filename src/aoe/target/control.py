@@ -185,7 +185,7 @@ def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
 def sweep_stale(directory: Path = RUN_DIR) -> list[Path]:
     """Remove ``serve-PID.sock`` files whose process is gone (a target that was killed
     could not remove its own); returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         names = list(directory.glob("serve-*.sock"))
     except OSError:

@@ -409,34 +409,37 @@ class Engine:
             return []
         out: list[bytes] = []
         for exp in targets:
-            if exp.masks and src not in exp.masks:
-                c.error(ck.ACL)
-                exp.errors += 1
-                continue
-            peer = exp.peers.get(src)
-            if peer is None:
-                peer = exp.new_peer(src)
-            peer[0] += 1
-            peer[1] = self.now
-            if vf >> 4 != AOE_VERSION:
-                out.append(self._aoe_error(frame, exp, src, AoeError.UNSUPPORTED_VERSION, 24))
-                continue
-            if cmd == Command.ATA:
-                reply = self._ata_copy(frame, exp, src, tag)
-            elif cmd == Command.QUERY_CONFIG:
-                reply = self._query_config(frame, exp, src)
-            elif cmd == Command.MAC_MASK_LIST:
-                reply = self._mac_mask(frame, exp, src)
-            elif cmd == Command.RESERVE_RELEASE:
-                reply = self._reserve(frame, exp, src)
-            else:
-                reply = self._aoe_error(frame, exp, src, AoeError.UNRECOGNIZED_COMMAND, n)
+            reply = self._answer_one(frame, exp, src, vf, cmd, tag)
             if reply is not None:
                 out.append(reply)
         if self._debug:
             log.debug("request", extra={"src": format_mac(src), "target": f"{shelf}.{slot}",
                                         "command": cmd, "tag": tag, "replies": len(out)})
         return out
+
+    def _answer_one(self, frame: bytes, exp: Store, src: bytes, vf: int, cmd: int,
+                    tag: int) -> bytes | None:
+        """One export's answer to a request addressed to it (None: no answer)."""
+        if exp.masks and src not in exp.masks:
+            self.counters.error(ck.ACL)
+            exp.errors += 1
+            return None
+        peer = exp.peers.get(src)
+        if peer is None:
+            peer = exp.new_peer(src)
+        peer[0] += 1
+        peer[1] = self.now
+        if vf >> 4 != AOE_VERSION:
+            return self._aoe_error(frame, exp, src, AoeError.UNSUPPORTED_VERSION, 24)
+        if cmd == Command.ATA:
+            return self._ata_copy(frame, exp, src, tag)
+        if cmd == Command.QUERY_CONFIG:
+            return self._query_config(frame, exp, src)
+        if cmd == Command.MAC_MASK_LIST:
+            return self._mac_mask(frame, exp, src)
+        if cmd == Command.RESERVE_RELEASE:
+            return self._reserve(frame, exp, src)
+        return self._aoe_error(frame, exp, src, AoeError.UNRECOGNIZED_COMMAND, len(frame))
 
     def announcements(self, only: Sequence[Store] | None = None) -> list[bytes]:
         """Unsolicited Query Config answers, one per export: broadcast, or sent to each MAC of

@@ -362,17 +362,17 @@ def _is_block_device(path: str) -> bool:
         return False
 
 
-_loop_cache: tuple[float, dict[tuple[int, int], list[str]]] = (0.0, {})
+# When the loop devices were last scanned, and what they were backed by.
+_loop_cache: list[tuple[float, dict[tuple[int, int], list[str]]]] = [(0.0, {})]
 
 
 def loop_devices_of(fd: int) -> list[str]:
     """The loop devices (e.g. ``/dev/loop3``) whose backing file is the open file ``fd``."""
-    global _loop_cache
     st = os.fstat(fd)
     now = time.monotonic()
-    if now - _loop_cache[0] > 1.0:  # one scan serves a start-up that opens many exports
-        _loop_cache = (now, _loop_backing())
-    return _loop_cache[1].get((st.st_dev, st.st_ino), [])
+    if now - _loop_cache[0][0] > 1.0:  # one scan serves a start-up that opens many exports
+        _loop_cache[0] = (now, _loop_backing())
+    return _loop_cache[0][1].get((st.st_dev, st.st_ino), [])
 
 
 def _loop_backing() -> dict[tuple[int, int], list[str]]:

@@ -29,6 +29,8 @@ NotifyAccess=main
 ExecStart={exe} serve --config {config} --control-socket /run/pyaoe/{sock}.sock -v
 ExecReload=/bin/kill -HUP $MAINPID
 KillSignal=SIGTERM
+# A stop by SIGTERM ends the process with status 143 (128 + 15), as a shell reports it.
+SuccessExitStatus=143
 Restart=on-failure
 RestartSec=2
 RuntimeDirectory=pyaoe
