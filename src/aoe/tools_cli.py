@@ -173,7 +173,11 @@ def sniff(iface: str, target: tuple[int, int] | None, commands: tuple[str, ...],
 
 @click.command("ping")
 @click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
-@click.option("-i", "--interface", "iface", required=True, help="Interface to probe through.")
+@click.option("-i", "--iface", "ifaces", multiple=True, metavar="IFACE",
+              help="Interface to probe through (repeatable: the first where SHELF.SLOT "
+                   "answers is used). Default: every Ethernet interface that is up.")
+@click.option("--interface", "old_iface", hidden=True, default=None,
+              help="Old spelling of --iface.")
 @click.option("--count", "-c", type=click.IntRange(1), default=3, show_default=True,
               help="Probes to send.")
 @click.option("--interval", type=click.FloatRange(0), default=1.0, show_default=True,
@@ -181,18 +185,28 @@ def sniff(iface: str, target: tuple[int, int] | None, commands: tuple[str, ...],
 @click.option("--timeout", "-W", type=click.FloatRange(0.01, 30), default=1.0,
               show_default=True, help="Seconds to wait for each answer.")
 @click.option("--json", "as_json", is_flag=True, help="Result as JSON.")
-def ping(address: tuple[int, int], iface: str, count: int, interval: float, timeout: float,
-         as_json: bool) -> None:
+def ping(address: tuple[int, int], ifaces: tuple[str, ...], old_iface: str | None,
+         count: int, interval: float, timeout: float, as_json: bool) -> None:
     """Probe SHELF.SLOT with Query Config and IDENTIFY, printing round-trip times.
 
-    Exits 1 when no probe is answered.
-    """
-    from .sniff import PingProbe
-    from .sniff import ping as run_ping
+    \b
+    Example:  aoe ping 1.0 -i eth0 -c 5
 
+    Exits 1 when no probe is answered. SIGINT (Ctrl-C) or SIGTERM stops it; the summary
+    is printed and the exit status is 130 (143 for SIGTERM).
+    """
+    from .sniff import PingProbe, PingResult
+    from .sniff import ping as run_ping
+    from .stopsignals import Interrupted, raise_on_stop_signals, verb
+
+    if old_iface is not None:
+        click.echo("warning: --interface is deprecated; use -i/--iface", err=True)
+        ifaces = (old_iface, *ifaces)
     name = f"{address[0]}.{address[1]}"
+    probes: list[PingProbe] = []
 
     def show(one: PingProbe) -> None:
+        probes.append(one)
         if as_json:
             return
         if one.config_rtt is None:
@@ -205,15 +219,47 @@ def ping(address: tuple[int, int], iface: str, count: int, interval: float, time
                    f"identify {ident}{note}")
         sys.stdout.flush()
 
-    if not as_json:
-        click.echo(f"AoE ping {name} via {iface}: Query Config + IDENTIFY")
+    stopped: Interrupted | None = None
+    iface = "?"
     try:
-        result = run_ping(iface, *address, count=count, interval=interval, timeout=timeout,
-                          on_probe=show)
-    except OSError as exc:
-        raise _net_errors(exc, iface) from None
+        with raise_on_stop_signals():
+            iface = _ping_iface(ifaces, address, timeout)
+            if not as_json:
+                click.echo(f"AoE ping {name} via {iface}: Query Config + IDENTIFY")
+            try:
+                result = run_ping(iface, *address, count=count, interval=interval,
+                                  timeout=timeout, on_probe=show)
+            except OSError as exc:
+                raise _net_errors(exc, iface) from None
+    except Interrupted as stop:
+        stopped = stop
+        result = PingResult(name, iface)
+        result.probes.extend(probes)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    if stopped is not None:
+        click.echo(f"{verb(stopped.signum)} after {len(probes)} probe(s)", err=True)
+        sys.exit(stopped.exit_code)
     if result.answered == 0:
         raise click.ClickException(
             f"no answer from {name} on {iface} after {count} probe(s): is the target running "
             "and on this link?")
+
+
+def _ping_iface(ifaces: tuple[str, ...], address: tuple[int, int], timeout: float) -> str:
+    """The one interface given, or the first of several (or of all up) where the target
+    answers a Query Config."""
+    if len(ifaces) == 1:
+        return ifaces[0]
+    from .initiator.discovery import discover
+    from .initiator.errors import InitiatorError
+
+    try:
+        found = discover(list(ifaces) or None, address, timeout, with_identify=False)
+    except (InitiatorError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for target in found:
+        for path in target.paths:
+            return path.ifname
+    where = ", ".join(ifaces) if ifaces else "any interface that is up"
+    raise click.ClickException(
+        f"no answer from {address[0]}.{address[1]} on {where} within {timeout:g} s")

@@ -18,6 +18,7 @@ import click
 from aoe.export.blockdev import BlockDevice
 from aoe.export.daemon import DaemonError, Ready, run_detached
 from aoe.export.source import Source, SourceError, open_source, parse_source
+from aoe.stopsignals import StopSignalWaiter, exit_on_signal, verb
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,16 +112,35 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
     _logging(verbose)
 
     def work(ready: Ready) -> None:
-        from aoe.export.fuse import mount_blockdev
+        from aoe.export.fuse import mount_blockdev, unmount
 
-        with _opened(source, ifaces, read_only, timeout) as dev:
-            message = f"{source.label} mounted as {os.path.join(mp, name)} (pid {os.getpid()})"
-            try:
-                mount_blockdev(dev, mp, name=name, read_only=read_only, direct_io=not cached,
-                               allow_other=allow_other, fsname=f"aoe:{source.label}",
-                               ready=lambda: ready(message), debug=verbose > 2)
-            except (RuntimeError, OSError) as exc:
-                raise click.ClickException(f"FUSE mount on {mp} failed: {exc}") from None
+        def on_signal(signum: int) -> None:
+            if not os.path.ismount(mp):  # still opening the disk: nothing to undo
+                sys.stderr.write(f"{verb(signum)} before {mp} was mounted\n")
+                sys.stderr.flush()
+                os._exit(128 + signum)
+            try:  # ends the FUSE loop; lazy, so a file still open does not block it
+                unmount(mp, lazy=True)
+            except OSError as exc:
+                logging.getLogger("aoe.export").error("%s", exc)
+
+        # The FUSE loop runs in C, where Python signal handlers cannot run: a watcher
+        # thread takes SIGINT/SIGTERM and unmounts.
+        with StopSignalWaiter(on_signal) as signals:
+            with _opened(source, ifaces, read_only, timeout) as dev:
+                message = (f"{source.label} mounted as {os.path.join(mp, name)} "
+                           f"(pid {os.getpid()})")
+                try:
+                    mount_blockdev(dev, mp, name=name, read_only=read_only,
+                                   direct_io=not cached, allow_other=allow_other,
+                                   fsname=f"aoe:{source.label}",
+                                   ready=lambda: ready(message), debug=verbose > 2)
+                except (RuntimeError, OSError) as exc:
+                    if signals.signum is None:
+                        raise click.ClickException(f"FUSE mount on {mp} failed: {exc}") \
+                            from None
+        if signals.signum is not None:
+            exit_on_signal(signals.signum, f"and unmounted: {os.path.join(mp, name)} is gone")
 
     _run(work, background=not foreground, log_path=log_path)
 
@@ -164,13 +184,15 @@ def nbd(disk: str, socket_path: str | None, port: int | None, address: str,
 
         with _opened(source, ifaces, read_only, timeout) as dev:
             try:
-                serve_nbd(dev, socket_path=socket_path, host=address, port=port, name=name,
+                signum = serve_nbd(dev, socket_path=socket_path, host=address, port=port, name=name,
                           read_only=read_only, workers=workers,
                           ready=lambda srv: ready(srv.uri))
             except OSError as exc:
                 where = socket_path or f"{address}:{port}"
                 raise click.ClickException(f"cannot listen on {where}: "
                                            f"{exc.strerror or exc}") from None
+        if signum is not None:
+            exit_on_signal(signum, f"and stopped serving {source.label} over NBD")
 
     _run(work, background=daemon, log_path=log_path)
 
@@ -210,12 +232,14 @@ def attach(disk: str, device: str, ifaces: tuple[str, ...], timeout: float, read
     def work(ready: Ready) -> None:
         with _opened(source, ifaces, read_only, timeout) as dev:
             try:
-                attach_blockdev(dev, device, read_only=read_only, connections=connections,
+                signum = attach_blockdev(dev, device, read_only=read_only, connections=connections,
                                 method=method, ready=lambda a: ready(
                                     f"{source.label} attached as {a.device} "
                                     f"({a.method}, pid {os.getpid()})"))
             except (NbdUnavailable, OSError) as exc:
                 raise click.ClickException(f"attaching {device} failed: {exc}") from None
+        if signum is not None:
+            exit_on_signal(signum, f"and detached {device}")
 
     _run(work, background=not foreground, log_path=log_path)
 

@@ -18,6 +18,7 @@ import click
 from ..cli_types import AddressType, SizeType
 from ..net.link import LinkError
 from ..protocol import parse_address
+from ..stopsignals import Interrupted, exit_on_signal, raise_on_stop_signals
 from .copy import CopyResult, VerifyError, check_range, copy_from_disk, copy_to_disk
 from .discovery import TargetInfo
 from .discovery import discover as discover_targets
@@ -250,6 +251,8 @@ def _summary(result: CopyResult) -> str:
               help="Leave holes in the output file where the disk reads zeros.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr. Default: only when stderr is a terminal.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON on stdout (bytes, seconds, rate, holes, sha256).")
 def copy(
     source: str,
     dest: str,
@@ -261,36 +264,90 @@ def copy(
     verify: bool,
     sparse: bool,
     progress: bool | None,
+    as_json: bool,
 ) -> None:
     """Copy an AoE disk to a file (aoe copy SHELF.SLOT FILE) or a file onto one
     (aoe copy FILE SHELF.SLOT). FILE may be - for stdout/stdin; write ./1.2 for a file
-    whose name looks like an address."""
+    whose name looks like an address.
+
+    SIGINT (Ctrl-C) or SIGTERM stops the copy at once, says how much was copied and exits
+    with 130 (143 for SIGTERM).
+    """
     src_addr, dst_addr = _as_address(source), _as_address(dest)
     if (src_addr is None) == (dst_addr is None):
         raise click.UsageError("exactly one of SOURCE and DEST must be a SHELF.SLOT address")
+    if as_json and dest == "-":
+        raise click.UsageError("--json prints on stdout: it cannot go with - as DEST")
     show = sys.stderr.isatty() if progress is None else progress
     bar = _ProgressBar() if show else None
+    moved = _Moved(bar)
     address = src_addr or dst_addr
     assert address is not None
-    with _friendly_errors():
-        with AoeDisk.open(*address, ifaces or None, timeout=timeout,
-                          dead_timeout=dead_time) as disk:
-            try:
-                if src_addr is not None:
-                    check_range(disk.size, offset, length)  # before the file is truncated
-                    with _open_file(dest, "w+b") as out:
-                        result = copy_from_disk(disk, out, offset, length, sparse=sparse,
-                                                verify=verify, progress=bar)
-                else:
-                    with _open_file(source, "rb") as src:
-                        result = copy_to_disk(disk, src, offset, length, verify=verify,
-                                              progress=bar)
-            except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
-            finally:
-                if bar is not None:
-                    bar.finish()
-    click.echo(_summary(result), err=True)
+    try:
+        with raise_on_stop_signals(), _friendly_errors():
+            result = _copy(src_addr, source, dest, address, ifaces, timeout, dead_time,
+                           offset, length, verify, sparse, moved)
+    except Interrupted as stop:
+        if bar is not None:
+            bar.finish()
+        exit_on_signal(stop.signum, moved.what(source, dest, src_addr is not None))
+    if as_json:
+        click.echo(json.dumps(dict(_summary_dict(result), source=source, dest=dest), indent=2))
+    else:
+        click.echo(_summary(result), err=True)
+
+
+class _Moved:
+    """Bytes moved so far (for the line an interrupted copy prints); drives the bar too."""
+
+    def __init__(self, bar: _ProgressBar | None) -> None:
+        self.bar = bar
+        self.done = 0
+        self.total: int | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if self.bar is not None:
+            self.bar(done, total)
+
+    def what(self, source: str, dest: str, from_disk: bool) -> str:
+        if self.total is None:
+            return f"before any data was copied; {dest} was not changed" if from_disk \
+                else f"before any data was written to {dest}"
+        whole = f"after {human_size(self.done)} of {human_size(self.total)}"
+        if not from_disk:
+            return f"{whole}; only part of {source} is on disk {dest}"
+        return f"{whole}; {'the output' if dest == '-' else dest} is incomplete"
+
+
+def _copy(src_addr: tuple[int, int] | None, source: str, dest: str, address: tuple[int, int],
+          ifaces: tuple[str, ...], timeout: float, dead_time: float, offset: int,
+          length: int | None, verify: bool, sparse: bool, moved: _Moved) -> CopyResult:
+    with AoeDisk.open(*address, ifaces or None, timeout=timeout,
+                      dead_timeout=dead_time) as disk:
+        try:
+            if src_addr is not None:
+                total = check_range(disk.size, offset, length)  # before the file is truncated
+                with _open_file(dest, "w+b") as out:
+                    moved(0, total)
+                    result = copy_from_disk(disk, out, offset, length, sparse=sparse,
+                                            verify=verify, progress=moved)
+            else:
+                with _open_file(source, "rb") as src:
+                    result = copy_to_disk(disk, src, offset, length, verify=verify,
+                                          progress=moved)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
+        finally:
+            if moved.bar is not None:
+                moved.bar.finish()
+    return result
+
+
+def _summary_dict(result: CopyResult) -> dict[str, Any]:
+    return {"bytes": result.nbytes, "seconds": round(result.seconds, 6),
+            "rate_bytes_per_second": round(result.rate), "holes": result.holes,
+            "verified": result.verified, "sha256": result.sha256}
 
 
 @contextmanager

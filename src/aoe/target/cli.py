@@ -6,11 +6,13 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from ..cli_types import ADDRESS, SIZE
+from ..stopsignals import StopSignalRecorder, exit_on_signal
 from .config import ConfigError, ServeConfig, load_config
 from .counters import Counters
 from .export import ExportError, ExportSpec
@@ -86,8 +88,8 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
     One export:    aoe serve eth0 1.0 disk.img
     Many exports:  aoe serve -c exports.toml
 
-    Runs in the foreground until SIGINT or SIGTERM; SIGUSR1 prints the counters, which
-    are printed again on exit.
+    Runs in the foreground until SIGINT or SIGTERM (exit status 130 or 143); SIGUSR1
+    prints the counters, which are printed again on exit.
     """
     setup_logging(verbose, as_json)
     cfg = _build_config(iface, address, file, config_path, mtu, offset, length, read_only,
@@ -100,13 +102,18 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
         target.open()
     except (TargetError, ExportError, StateError) as exc:
         raise click.ClickException(str(exc)) from None
+    began = time.monotonic()
     try:
         target.install_signal_handlers(lambda c: _print_counters(c, as_json))
-        _print_ready(target, as_json)
-        target.serve_forever()
+        with StopSignalRecorder() as signals:
+            _print_ready(target, as_json)
+            target.serve_forever()
     finally:
         target.close()
         _print_counters(counters, as_json)
+    if signals.signum is not None:
+        exit_on_signal(signals.signum,
+                       f"after serving for {time.monotonic() - began:.1f} s; exports closed")
 
 
 def _print_ready(target: Target, as_json: bool) -> None:
