@@ -160,7 +160,6 @@ def test_pcap_writer_output_reads_back(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, message", [
     (["sniff", "eth0", "--command", "disk"], "disk"),
     (["sniff", "eth0", "--target", "1"], "SHELF.SLOT"),
-    (["ping", "1.0"], "--interface"),
     (["ping", "1.0", "-i", "eth0", "--count", "0"], "count"),
 ])
 def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
