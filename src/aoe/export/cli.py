@@ -35,6 +35,22 @@ def _disk_options(f: F) -> F:
     return f
 
 
+def private_mount_namespace() -> bool:
+    """True when this process's mount namespace is not the system's (init's) or not its
+    parent's (ip netns exec, unshare -m): a mount made here is then invisible elsewhere."""
+    try:
+        own = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return False
+    for pid in (1, os.getppid()):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") != own:
+                return True
+        except OSError:  # not ours to read (not root, or a sandbox): no opinion
+            continue
+    return False
+
+
 def _source(text: str) -> Source:
     try:
         return parse_source(text)
@@ -90,9 +106,11 @@ def _run(work: Callable[[Ready], None], background: bool, log_path: str | None) 
 @click.option("--allow-other", is_flag=True, help="Let other users (and root) open the file.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Where a detached mount writes its log (default: nowhere).")
+@click.option("--nonempty", is_flag=True,
+              help="Mount even over a directory that holds files (they are hidden meanwhile).")
 def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
           read_only: bool, verbose: int, name: str, foreground: bool, cached: bool,
-          allow_other: bool, log_path: str | None) -> None:
+          allow_other: bool, log_path: str | None, nonempty: bool) -> None:
     """Show DISK as the file MOUNTPOINT/disk (FUSE), e.g. for `mount -o loop`.
 
     Unmount with `fusermount3 -u MOUNTPOINT` (or `umount` as root); SIGINT and SIGTERM
@@ -100,16 +118,28 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
     """
     source = _source(disk)
     mp = os.path.abspath(mountpoint)
+    if not os.path.exists(mp):
+        raise click.BadParameter(f"{mountpoint} does not exist (create it: mkdir -p "
+                                 f"{mountpoint})", param_hint="MOUNTPOINT")
     if not os.path.isdir(mp):
         raise click.BadParameter(f"{mountpoint} is not a directory", param_hint="MOUNTPOINT")
     if os.path.ismount(mp):
         raise click.BadParameter(f"{mountpoint} is already a mount point",
+                                 param_hint="MOUNTPOINT")
+    if os.listdir(mp) and not nonempty:
+        raise click.BadParameter(f"{mountpoint} is not empty: the mount would hide its files "
+                                 "(use an empty directory, or --nonempty)",
                                  param_hint="MOUNTPOINT")
     if "/" in name or name in ("", ".", ".."):
         raise click.BadParameter("a plain file name is needed", param_hint="--name")
     if not os.path.exists("/dev/fuse"):
         raise click.ClickException("/dev/fuse is missing: the kernel has no FUSE support")
     _logging(verbose)
+    if private_mount_namespace():
+        click.echo("warning: this process has a mount namespace of its own (as under "
+                   "`ip netns exec`): the mount will be visible only inside it. Enter only "
+                   "the network namespace instead: `aoe lab exec HOST -- aoe mount ...` or "
+                   "`nsenter --net=/run/netns/NS aoe mount ...`", err=True)
 
     def work(ready: Ready) -> None:
         from aoe.export.fuse import mount_blockdev, unmount

@@ -174,10 +174,24 @@ def lab_down(name: str | None, everything: bool, prefix: str) -> None:
 @lab_group.command("exec", context_settings={"ignore_unknown_options": True,
                                              "allow_interspersed_args": False})
 @click.option("--lab", "lab_name", help="Lab of the host (or write LAB/HOST).")
+@click.option("--private-mounts", is_flag=True,
+              help="Also give the command a mount namespace of its own with the host's "
+                   "/sys (as `ip netns exec` does). Mounts it makes (aoe mount) are then "
+                   "invisible outside it. Default: enter only the network namespace "
+                   "(as `nsenter --net` does).")
 @click.argument("host")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def lab_exec(lab_name: str | None, host: str, argv: tuple[str, ...]) -> None:
-    """Run a command inside a lab host: aoe lab exec HOST -- CMD [ARGS]."""
+def lab_exec(lab_name: str | None, private_mounts: bool, host: str,
+             argv: tuple[str, ...]) -> None:
+    """Run a command inside a lab host's network namespace.
+
+    Only the network namespace is entered, so a FUSE mount the command makes (aoe mount)
+    is visible to every process and `fusermount3 -u` works from anywhere.
+
+    \b
+    Example:  aoe lab exec h2 -- aoe mount 1.0 /mnt/aoe
+              aoe lab exec --private-mounts h2 -- cat /sys/class/net/eth0/mtu
+    """
     _need_root()
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -188,7 +202,7 @@ def lab_exec(lab_name: str | None, host: str, argv: tuple[str, ...]) -> None:
         if not namespace_exists(ns):
             raise LabError(f"namespace {ns} is gone; recreate the lab")
     fd = os.open(netns_path(ns), os.O_RDONLY)
-    enter_for_exec(fd, private_sysfs=True)
+    enter_for_exec(fd, private_sysfs=private_mounts)
     os.close(fd)
     sys.stdout.flush()
     try:
