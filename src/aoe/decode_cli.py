@@ -18,7 +18,11 @@ from .protocol.describe import describe, to_dict
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per frame.")
 @click.option("--all", "show_all", is_flag=True, help="Also list non-AoE frames.")
 def decode(pcap: Path, as_json: bool, show_all: bool) -> None:
-    """Pretty-print the AoE frames in PCAP (classic pcap, Ethernet)."""
+    """Pretty-print the AoE frames in PCAP (classic pcap, Ethernet).
+
+    \b
+    Example:  aoe decode capture.pcap --json
+    """
     try:
         records = list(read_pcap(pcap))
     except PcapError as exc:

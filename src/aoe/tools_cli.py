@@ -12,7 +12,13 @@ from pathlib import Path
 
 import click
 
-from .cli_types import ADDRESS
+from .cli_types import (
+    ADDRESS,
+    deprecated_form,
+    iface_option,
+    old_iface_first,
+    one_iface,
+)
 from .net.rawsock import InterfaceError
 
 
@@ -47,8 +53,10 @@ def scratch_options(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 @click.command("conformance")
-@click.argument("iface")
-@click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
+@click.argument("first", metavar="SHELF.SLOT")
+@click.argument("second", required=False, metavar="")
+@iface_option("Interface to test through (repeatable: the first where SHELF.SLOT answers "
+              "is used). Default: every Ethernet interface that is up.")
 @scratch_options
 @click.option("--read-only", is_flag=True, help="Skip every write and every state change.")
 @click.option("--timeout", type=click.FloatRange(0.01, 30), default=1.0, show_default=True,
@@ -58,10 +66,13 @@ def scratch_options(fn: click.decorators.FC) -> click.decorators.FC:
               help="Leave out an area of checks (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Results as JSON.")
 @click.option("--markdown", is_flag=True, help="Results as a Markdown table.")
-def conformance(iface: str, address: tuple[int, int], scratch_lba: int | None,
-                scratch_sectors: int | None, read_only: bool, timeout: float,
-                skip: tuple[str, ...], as_json: bool, markdown: bool) -> None:
-    """Check that target SHELF.SLOT on IFACE speaks AoE r11 correctly.
+def conformance(first: str, second: str | None, ifaces: tuple[str, ...],
+                scratch_lba: int | None, scratch_sectors: int | None, read_only: bool,
+                timeout: float, skip: tuple[str, ...], as_json: bool, markdown: bool) -> None:
+    """Check that target SHELF.SLOT speaks AoE r11 correctly.
+
+    \b
+    Example:  aoe conformance 1.0 -i eth0 --scratch-lba 2048 --scratch-sectors 64
 
     Writes happen only inside the scratch range, whose data is restored; without one the
     write checks are skipped. Config string, mask list and reservation are changed during
@@ -69,7 +80,9 @@ def conformance(iface: str, address: tuple[int, int], scratch_lba: int | None,
     """
     from .lab.conformance import failed, format_markdown, format_table, run_conformance, to_json
 
+    address, ifaces = old_iface_first(first, second, ifaces, "conformance")
     scratch = _scratch(scratch_lba, scratch_sectors)
+    iface = one_iface(ifaces, address, timeout)
     try:
         results = run_conformance(iface, *address, scratch=scratch, read_only=read_only,
                                   timeout=timeout, skip=skip)
@@ -87,8 +100,10 @@ def conformance(iface: str, address: tuple[int, int], scratch_lba: int | None,
 
 
 @click.command("fuzz")
-@click.argument("iface")
-@click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
+@click.argument("first", metavar="SHELF.SLOT")
+@click.argument("second", required=False, metavar="")
+@iface_option("Interface to send through (repeatable: the first where SHELF.SLOT answers "
+              "is used). Default: every Ethernet interface that is up.")
 @click.option("--count", "-n", type=click.IntRange(0), default=10000, show_default=True,
               help="Frames to send.")
 @click.option("--duration", type=click.FloatRange(0.1), default=None,
@@ -100,10 +115,14 @@ def conformance(iface: str, address: tuple[int, int], scratch_lba: int | None,
 @click.option("--timeout", type=click.FloatRange(0.01, 30), default=1.0, show_default=True,
               help="Seconds to wait for each answer before and after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
-def fuzz(iface: str, address: tuple[int, int], count: int, duration: float | None,
-         seed: int | None, scratch_lba: int | None, scratch_sectors: int | None,
-         rate: float | None, timeout: float, as_json: bool) -> None:
+def fuzz(first: str, second: str | None, ifaces: tuple[str, ...], count: int,
+         duration: float | None, seed: int | None, scratch_lba: int | None,
+         scratch_sectors: int | None, rate: float | None, timeout: float,
+         as_json: bool) -> None:
     """Send generated and mutated frames at SHELF.SLOT, then check it survived.
+
+    \b
+    Example:  aoe fuzz 1.0 -i eth0 --count 50000 --seed 7
 
     Frames that could write go only to the scratch range; without one they are redirected
     to an address nobody answers. Data outside the scratch range is checksummed before and
@@ -111,6 +130,8 @@ def fuzz(iface: str, address: tuple[int, int], count: int, duration: float | Non
     """
     from .lab.fuzz import FuzzError, run_fuzz
 
+    address, ifaces = old_iface_first(first, second, ifaces, "fuzz")
+    iface = one_iface(ifaces, address, timeout)
     try:
         report = run_fuzz(iface, *address, count=count, duration=duration, seed=seed,
                           scratch=_scratch(scratch_lba, scratch_sectors), rate=rate,
@@ -125,7 +146,8 @@ def fuzz(iface: str, address: tuple[int, int], count: int, duration: float | Non
 
 
 @click.command("sniff")
-@click.argument("iface")
+@click.argument("old_iface", required=False, metavar="")
+@iface_option("Interface to listen on. Default: the one Ethernet interface that is up.")
 @click.option("--target", "target", type=ADDRESS, default=None, metavar="SHELF.SLOT",
               help="Only frames for this target (broadcasts reaching it included).")
 @click.option("--command", "commands", multiple=True,
@@ -140,10 +162,18 @@ def fuzz(iface: str, address: tuple[int, int], count: int, duration: float | Non
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per frame.")
 @click.option("-v", "--verbose", is_flag=True, help="Add scapy's field-by-field dissection.")
 @click.option("--no-promisc", is_flag=True, help="Do not put the interface in promiscuous mode.")
-def sniff(iface: str, target: tuple[int, int] | None, commands: tuple[str, ...],
-          count: int | None, timeout: float | None, pcap: Path | None, as_json: bool,
-          verbose: bool, no_promisc: bool) -> None:
-    """Print the AoE frames crossing IFACE as they come (Ctrl-C stops)."""
+def sniff(old_iface: str | None, ifaces: tuple[str, ...], target: tuple[int, int] | None,
+          commands: tuple[str, ...], count: int | None, timeout: float | None,
+          pcap: Path | None, as_json: bool, verbose: bool, no_promisc: bool) -> None:
+    """Print the AoE frames crossing an interface as they come (Ctrl-C stops).
+
+    \b
+    Example:  aoe sniff -i eth0 --target 1.0 --pcap aoe.pcap
+    """
+    if old_iface is not None:
+        deprecated_form("aoe sniff IFACE", "aoe sniff -i IFACE")
+        ifaces = (old_iface, *ifaces)
+    iface = _listen_iface(ifaces)
     from .sniff import Captured, dissect, parse_commands
     from .sniff import sniff as run_sniff
 
@@ -171,11 +201,25 @@ def sniff(iface: str, target: tuple[int, int] | None, commands: tuple[str, ...],
                err=True)
 
 
+def _listen_iface(ifaces: tuple[str, ...]) -> str:
+    if len(ifaces) > 1:
+        raise click.UsageError("sniff listens on one interface: give -i once")
+    if ifaces:
+        return ifaces[0]
+    from .initiator.ports import default_interfaces
+
+    up = default_interfaces()
+    if len(up) != 1:
+        raise click.UsageError(
+            "name the interface to listen on with -i IFACE "
+            f"({'none is up' if not up else 'up: ' + ', '.join(up)})")
+    return up[0]
+
+
 @click.command("ping")
 @click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
-@click.option("-i", "--iface", "ifaces", multiple=True, metavar="IFACE",
-              help="Interface to probe through (repeatable: the first where SHELF.SLOT "
-                   "answers is used). Default: every Ethernet interface that is up.")
+@iface_option("Interface to probe through (repeatable: the first where SHELF.SLOT "
+              "answers is used). Default: every Ethernet interface that is up.")
 @click.option("--interface", "old_iface", hidden=True, default=None,
               help="Old spelling of --iface.")
 @click.option("--count", "-c", type=click.IntRange(1), default=3, show_default=True,
@@ -200,7 +244,7 @@ def ping(address: tuple[int, int], ifaces: tuple[str, ...], old_iface: str | Non
     from .stopsignals import Interrupted, raise_on_stop_signals, verb
 
     if old_iface is not None:
-        click.echo("warning: --interface is deprecated; use -i/--iface", err=True)
+        deprecated_form("aoe ping --interface IFACE", "aoe ping -i IFACE")
         ifaces = (old_iface, *ifaces)
     name = f"{address[0]}.{address[1]}"
     probes: list[PingProbe] = []
@@ -223,7 +267,7 @@ def ping(address: tuple[int, int], ifaces: tuple[str, ...], old_iface: str | Non
     iface = "?"
     try:
         with raise_on_stop_signals():
-            iface = _ping_iface(ifaces, address, timeout)
+            iface = one_iface(ifaces, address, timeout)
             if not as_json:
                 click.echo(f"AoE ping {name} via {iface}: Query Config + IDENTIFY")
             try:
@@ -243,23 +287,3 @@ def ping(address: tuple[int, int], ifaces: tuple[str, ...], old_iface: str | Non
         raise click.ClickException(
             f"no answer from {name} on {iface} after {count} probe(s): is the target running "
             "and on this link?")
-
-
-def _ping_iface(ifaces: tuple[str, ...], address: tuple[int, int], timeout: float) -> str:
-    """The one interface given, or the first of several (or of all up) where the target
-    answers a Query Config."""
-    if len(ifaces) == 1:
-        return ifaces[0]
-    from .initiator.discovery import discover
-    from .initiator.errors import InitiatorError
-
-    try:
-        found = discover(list(ifaces) or None, address, timeout, with_identify=False)
-    except (InitiatorError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
-    for target in found:
-        for path in target.paths:
-            return path.ifname
-    where = ", ".join(ifaces) if ifaces else "any interface that is up"
-    raise click.ClickException(
-        f"no answer from {address[0]}.{address[1]} on {where} within {timeout:g} s")

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from aoe.cli_types import iface_option
 from aoe.export.blockdev import BlockDevice
 from aoe.export.daemon import DaemonError, Ready, run_detached
 from aoe.export.source import Source, SourceError, open_source, parse_source
@@ -28,10 +29,14 @@ def _disk_options(f: F) -> F:
     f = click.option("-v", "--verbose", count=True, help="Log more (twice: debug).")(f)
     f = click.option("-r", "--read-only", is_flag=True,
                      help="Export read-only (also automatic when the device is).")(f)
+    f = click.option("--dead-time", type=click.FloatRange(0.1, 3600), default=10.0,
+                     show_default=True,
+                     help="Seconds without any answer from the AoE target before its I/O "
+                          "fails (EIO).")(f)
     f = click.option("--timeout", type=click.FloatRange(0.1, 60.0), default=2.0,
-                     show_default=True, help="Seconds to wait for the AoE target to answer.")(f)
-    f = click.option("-i", "--iface", "ifaces", multiple=True, metavar="IFACE",
-                     help="Interface to find the AoE disk on (repeatable; default: all).")(f)
+                     show_default=True, help="Seconds to wait for the AoE target to answer "
+                                             "discovery.")(f)
+    f = iface_option()(f)
     return f
 
 
@@ -68,9 +73,10 @@ def _logging(verbose: int) -> None:
 
 @contextmanager
 def _opened(source: Source, ifaces: tuple[str, ...], read_only: bool,
-            timeout: float) -> Iterator[BlockDevice]:
+            timeout: float, dead_time: float | None = None) -> Iterator[BlockDevice]:
     try:
-        dev = open_source(source, ifaces=ifaces, read_only=read_only, timeout=timeout)
+        dev = open_source(source, ifaces=ifaces, read_only=read_only, timeout=timeout,
+                          dead_timeout=dead_time)
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -109,12 +115,16 @@ def _run(work: Callable[[Ready], None], background: bool, log_path: str | None) 
 @click.option("--nonempty", is_flag=True,
               help="Mount even over a directory that holds files (they are hidden meanwhile).")
 def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
-          read_only: bool, verbose: int, name: str, foreground: bool, cached: bool,
-          allow_other: bool, log_path: str | None, nonempty: bool) -> None:
+          dead_time: float, read_only: bool, verbose: int, name: str, foreground: bool,
+          cached: bool, allow_other: bool, log_path: str | None, nonempty: bool) -> None:
     """Show DISK as the file MOUNTPOINT/disk (FUSE), e.g. for `mount -o loop`.
 
     Unmount with `fusermount3 -u MOUNTPOINT` (or `umount` as root); SIGINT and SIGTERM
-    unmount cleanly too. fsync on the file flushes the disk's write cache.
+    unmount cleanly too (exit status 130, 143). fsync on the file flushes the disk's
+    write cache.
+
+    \b
+    Example:  aoe mount 1.0 /mnt/aoe -i eth0 && mount -o loop /mnt/aoe/disk /mnt/data
     """
     source = _source(disk)
     mp = os.path.abspath(mountpoint)
@@ -157,7 +167,7 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
         # The FUSE loop runs in C, where Python signal handlers cannot run: a watcher
         # thread takes SIGINT/SIGTERM and unmounts.
         with StopSignalWaiter(on_signal) as signals:
-            with _opened(source, ifaces, read_only, timeout) as dev:
+            with _opened(source, ifaces, read_only, timeout, dead_time) as dev:
                 message = (f"{source.label} mounted as {os.path.join(mp, name)} "
                            f"(pid {os.getpid()})")
                 try:
@@ -197,11 +207,15 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Where a detached server writes its log.")
 def nbd(disk: str, socket_path: str | None, port: int | None, address: str,
-        export_name: str | None, ifaces: tuple[str, ...], timeout: float, read_only: bool,
-        verbose: int, workers: int, daemon: bool, log_path: str | None) -> None:
+        export_name: str | None, ifaces: tuple[str, ...], timeout: float, dead_time: float,
+        read_only: bool, verbose: int, workers: int, daemon: bool, log_path: str | None) -> None:
     """Serve DISK over NBD (for nbdinfo, nbdcopy, qemu, nbdfuse, nbd-client).
 
-    Runs until SIGINT or SIGTERM. Prints the NBD URI to connect to.
+    Runs until SIGINT or SIGTERM (exit status 130, 143). Prints the NBD URI to connect to.
+
+    \b
+    Example:  aoe nbd 1.0 --socket /tmp/aoe.sock -i eth0
+              nbdcopy 'nbd+unix:///e1.0?socket=/tmp/aoe.sock' disk.img
     """
     source = _source(disk)
     if (socket_path is None) == (port is None):
@@ -212,7 +226,7 @@ def nbd(disk: str, socket_path: str | None, port: int | None, address: str,
     def work(ready: Ready) -> None:
         from aoe.export.nbdserver import serve_nbd
 
-        with _opened(source, ifaces, read_only, timeout) as dev:
+        with _opened(source, ifaces, read_only, timeout, dead_time) as dev:
             try:
                 signum = serve_nbd(dev, socket_path=socket_path, host=address, port=port, name=name,
                           read_only=read_only, workers=workers,
@@ -241,12 +255,15 @@ def nbd(disk: str, socket_path: str | None, port: int | None, address: str,
               help="Stay in the foreground (default: detach once attached).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Where a detached attachment writes its log.")
-def attach(disk: str, device: str, ifaces: tuple[str, ...], timeout: float, read_only: bool,
-           verbose: int, connections: int, method: str, foreground: bool,
-           log_path: str | None) -> None:
+def attach(disk: str, device: str, ifaces: tuple[str, ...], timeout: float,
+           dead_time: float, read_only: bool, verbose: int, connections: int, method: str,
+           foreground: bool, log_path: str | None) -> None:
     """Bind DISK to the kernel block device DEVICE (/dev/nbdN), so that e.g.
     `mount /dev/nbd0p1 /mnt` works. Needs the kernel's nbd driver. Undo with
     `aoe detach DEVICE`.
+
+    \b
+    Example:  aoe attach 1.0 /dev/nbd0 -i eth0 && mount /dev/nbd0 /mnt/data
     """
     from aoe.export.attach import NbdUnavailable, attach_blockdev, check_nbd
 
@@ -260,7 +277,7 @@ def attach(disk: str, device: str, ifaces: tuple[str, ...], timeout: float, read
     _logging(verbose)
 
     def work(ready: Ready) -> None:
-        with _opened(source, ifaces, read_only, timeout) as dev:
+        with _opened(source, ifaces, read_only, timeout, dead_time) as dev:
             try:
                 signum = attach_blockdev(dev, device, read_only=read_only, connections=connections,
                                 method=method, ready=lambda a: ready(
@@ -279,7 +296,11 @@ def attach(disk: str, device: str, ifaces: tuple[str, ...], timeout: float, read
 @click.option("--method", type=click.Choice(["auto", "netlink", "ioctl"]), default="auto",
               show_default=True, help="How to reach the kernel device.")
 def detach(device: str, method: str) -> None:
-    """Disconnect DEVICE (/dev/nbdN) attached by `aoe attach`; its server then exits."""
+    """Disconnect DEVICE (/dev/nbdN) attached by `aoe attach`; its server then exits.
+
+    \b
+    Example:  aoe detach /dev/nbd0
+    """
     from aoe.export.attach import NbdUnavailable
     from aoe.export.attach import detach as detach_device
 

@@ -55,6 +55,7 @@ def open_source(
     ifaces: Sequence[str] = (),
     read_only: bool = False,
     timeout: float = 2.0,
+    dead_timeout: float | None = None,
 ) -> BlockDevice:
     """Open the device; errors come back as SourceError with a one-line reason."""
     if source.path is not None:
@@ -66,8 +67,11 @@ def open_source(
 
     assert source.shelf is not None and source.slot is not None
     try:
+        if dead_timeout is None:
+            return AoeDisk.open(source.shelf, source.slot, list(ifaces) or None,
+                                timeout=timeout, read_only=read_only)
         return AoeDisk.open(source.shelf, source.slot, list(ifaces) or None,
-                            timeout=timeout, read_only=read_only)
+                            timeout=timeout, read_only=read_only, dead_timeout=dead_timeout)
     except InitiatorError as exc:
         raise SourceError(str(exc)) from None
     except PermissionError as exc:

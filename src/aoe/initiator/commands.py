@@ -15,9 +15,15 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 
-from ..cli_types import AddressType, SizeType
+from ..cli_types import (
+    SIZE_HELP,
+    AddressType,
+    SizeType,
+    address_or_fail,
+    iface_option,
+    looks_like_address,
+)
 from ..net.link import LinkError
-from ..protocol import parse_address
 from ..stopsignals import Interrupted, exit_on_signal, raise_on_stop_signals
 from .copy import CopyResult, VerifyError, check_range, copy_from_disk, copy_to_disk
 from .discovery import TargetInfo
@@ -36,20 +42,13 @@ def human_size(n: float) -> str:
 
 
 def _iface_options(fn: F) -> F:
-    fn = click.option(
-        "-i",
-        "--iface",
-        "ifaces",
-        multiple=True,
-        metavar="IFACE",
-        help="Interface to use (repeatable). Default: every Ethernet interface that is up.",
-    )(fn)
+    fn = iface_option()(fn)
     fn = click.option(
         "--timeout",
         type=click.FloatRange(0.01, 60),
         default=1.0,
         show_default=True,
-        help="Seconds to wait for Query Config answers.",
+        help="Seconds to wait for Query Config answers (discovery).",
     )(fn)
     return fn
 
@@ -113,19 +112,26 @@ def _table(targets: list[TargetInfo]) -> str:
 def discover(
     target: tuple[int, int] | None, ifaces: tuple[str, ...], timeout: float, as_json: bool
 ) -> None:
-    """Find AoE targets (all, or only TARGET as SHELF.SLOT) and IDENTIFY each one."""
+    """Find AoE targets (all, or only TARGET as SHELF.SLOT) and IDENTIFY each one.
+
+    Exits 1 when none answered (with --json too, after printing an empty list).
+
+    \b
+    Example:  aoe discover -i eth0
+              aoe discover 1.0 --json
+    """
     with _friendly_errors():
         found = discover_targets(ifaces or None, target, timeout)
     if as_json:
         click.echo(json.dumps([t.as_dict() for t in found], indent=2))
-        return
-    if not found:
+    if not found:  # an error in either form (the JSON form has printed its empty list)
         which = f"target {target[0]}.{target[1]}" if target else "AoE target"
         raise click.ClickException(
             f"no {which} answered within {timeout:g} s (if one runs, its access list may "
             "exclude this host)"
         )
-    click.echo(_table(found))
+    if not as_json:
+        click.echo(_table(found))
 
 
 # --- info ---------------------------------------------------------------------------------
@@ -150,7 +156,11 @@ def info(
     dead_time: float,
     as_json: bool,
 ) -> None:
-    """Show what an AoE target (SHELF.SLOT) reports and how it is reached."""
+    """Show what an AoE target (SHELF.SLOT) reports and how it is reached.
+
+    \b
+    Example:  aoe info 1.0 -i eth0
+    """
     with _friendly_errors():
         with AoeDisk.open(*target, ifaces or None, timeout=timeout,
                           dead_timeout=dead_time) as disk:
@@ -219,11 +229,11 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
-def _as_address(text: str) -> tuple[int, int] | None:
-    try:
-        return parse_address(text)
-    except ValueError:
+def _as_address(text: str, hint: str) -> tuple[int, int] | None:
+    """SHELF.SLOT, or None for a file name; N.N out of range is an error about the range."""
+    if not looks_like_address(text):
         return None
+    return address_or_fail(text, hint)
 
 
 def _summary(result: CopyResult) -> str:
@@ -243,9 +253,11 @@ def _summary(result: CopyResult) -> str:
 @click.argument("dest")
 @_iface_options
 @_session_options
-@click.option("--offset", type=SizeType(), default=0, help="Byte offset on the disk.")
+@click.option("--offset", type=SizeType(), default=0, show_default=True,
+              help=f"Byte offset on the disk ({SIZE_HELP}).")
 @click.option("--length", type=SizeType(), default=None,
-              help="Bytes to copy. Default: to the end of the disk (or of the input file).")
+              help=f"Bytes to copy ({SIZE_HELP}). Default: to the end of the disk (or of "
+                   "the input file).")
 @click.option("--verify", is_flag=True, help="Re-read the destination and compare SHA-256.")
 @click.option("--sparse/--no-sparse", default=True, show_default=True,
               help="Leave holes in the output file where the disk reads zeros.")
@@ -272,8 +284,13 @@ def copy(
 
     SIGINT (Ctrl-C) or SIGTERM stops the copy at once, says how much was copied and exits
     with 130 (143 for SIGTERM).
+
+    \b
+    Example:  aoe copy 1.0 backup.img -i eth0 --verify
+              aoe copy backup.img 1.0 -i eth0
+              aoe copy 1.0 - --offset 1M --length 64K | hexdump -C
     """
-    src_addr, dst_addr = _as_address(source), _as_address(dest)
+    src_addr, dst_addr = _as_address(source, "SOURCE"), _as_address(dest, "DEST")
     if (src_addr is None) == (dst_addr is None):
         raise click.UsageError("exactly one of SOURCE and DEST must be a SHELF.SLOT address")
     if as_json and dest == "-":
