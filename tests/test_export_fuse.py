@@ -289,7 +289,7 @@ def test_aoe_mount_errors(tmp_path: Path) -> None:
     cases = [
         ([f"file:{tmp_path / 'missing.img'}", str(empty)], 1, "cannot open"),
         ([f"file:{img}", str(tmp_path / "nodir")], 2, "does not exist (create it"),
-        ([f"file:{img}", str(img)], 2, "is not a directory"),
+        ([f"file:{img}", str(img)], 2, "is a file"),
         ([f"file:{img}", str(tmp_path)], 2, "is not empty: the mount would hide its files"),
         ([f"file:{img}", str(empty), "--name", "a/b"], 2, "plain file name"),
         (["7", str(empty)], 2, "SHELF.SLOT"),
