@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from aoe.cli import main
 from aoe.cli_types import SizeType
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 
-from .test_initiator_helpers import AOE_BIN
+from .support.initiator import AOE_BIN
 
 
 def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> Iterator[

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from aoe.lab.testing import netns_unavailable_reason
+from aoe.lab.pair import netns_unavailable_reason
 
-from .export_support import umount_quietly
-from .test_initiator_helpers import write_image
+from .support.export import umount_quietly
+from .support.initiator import write_image
 
 _SKIP = netns_unavailable_reason()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]

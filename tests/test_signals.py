@@ -20,8 +20,8 @@ import pytest
 
 from aoe.lab import Host, Lab
 
-from .export_support import random_image, umount_quietly
-from .test_initiator_helpers import AOE_BIN, SHELF, SLOT, start_target, wait_answering, write_image
+from .support.export import random_image, umount_quietly
+from .support.initiator import AOE_BIN, SHELF, SLOT, start_target, wait_answering, write_image
 
 ADDR = f"{SHELF}.{SLOT}"
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]

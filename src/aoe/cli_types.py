@@ -1,4 +1,4 @@
-"""Click parameter types every command shares: SHELF.SLOT addresses and byte sizes."""
+"""What every command shares: SHELF.SLOT and byte-size parameter types, network errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .net.rawsock import InterfaceError
 from .protocol.mac import parse_address
 from .units import parse_size
 
@@ -102,3 +103,12 @@ def one_iface(ifaces: tuple[str, ...], address: tuple[int, int], timeout: float)
     where = ", ".join(ifaces) if ifaces else "any interface that is up"
     raise click.ClickException(
         f"no answer from {address[0]}.{address[1]} on {where} within {timeout:g} s")
+
+
+def net_errors(exc: OSError, ifname: str) -> click.ClickException:
+    """The one-line error for a raw-socket failure on ``ifname``."""
+    if isinstance(exc, InterfaceError):
+        return click.ClickException(str(exc))
+    if isinstance(exc, PermissionError):
+        return click.ClickException("raw sockets need root (CAP_NET_RAW)")
+    return click.ClickException(f"{ifname}: {exc}")
