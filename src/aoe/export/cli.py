@@ -36,6 +36,10 @@ def _disk_options(f: F) -> F:
     f = click.option("--timeout", type=click.FloatRange(0.1, 60.0), default=2.0,
                      show_default=True, help="Seconds to wait for the AoE target to answer "
                                              "discovery.")(f)
+    f = click.option("--give-up", type=click.FloatRange(0), default=None,
+                     help="Seconds after the AoE target was declared dead that its return "
+                          "is still waited for (I/O resumes when the same device answers "
+                          "again). Default: never give up.")(f)
     f = iface_option()(f)
     return f
 
@@ -73,10 +77,11 @@ def _logging(verbose: int) -> None:
 
 @contextmanager
 def _opened(source: Source, ifaces: tuple[str, ...], read_only: bool,
-            timeout: float, dead_time: float | None = None) -> Iterator[BlockDevice]:
+            timeout: float, dead_time: float | None = None,
+            give_up: float | None = None) -> Iterator[BlockDevice]:
     try:
         dev = open_source(source, ifaces=ifaces, read_only=read_only, timeout=timeout,
-                          dead_timeout=dead_time)
+                          dead_timeout=dead_time, give_up=give_up)
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -114,9 +119,10 @@ def _run(work: Callable[[Ready], None], background: bool, log_path: str | None) 
               help="Where a detached mount writes its log (default: nowhere).")
 @click.option("--nonempty", is_flag=True,
               help="Mount even over a directory that holds files (they are hidden meanwhile).")
-def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
-          dead_time: float, read_only: bool, verbose: int, name: str, foreground: bool,
-          cached: bool, allow_other: bool, log_path: str | None, nonempty: bool) -> None:
+def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], give_up: float | None,
+          timeout: float, dead_time: float, read_only: bool, verbose: int, name: str,
+          foreground: bool, cached: bool, allow_other: bool, log_path: str | None,
+          nonempty: bool) -> None:
     """Show DISK as the file MOUNTPOINT/disk (FUSE), e.g. for `mount -o loop`.
 
     Unmount with `fusermount3 -u MOUNTPOINT` (or `umount` as root); SIGINT and SIGTERM
@@ -167,7 +173,7 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
         # The FUSE loop runs in C, where Python signal handlers cannot run: a watcher
         # thread takes SIGINT/SIGTERM and unmounts.
         with StopSignalWaiter(on_signal) as signals:
-            with _opened(source, ifaces, read_only, timeout, dead_time) as dev:
+            with _opened(source, ifaces, read_only, timeout, dead_time, give_up) as dev:
                 message = (f"{source.label} mounted as {os.path.join(mp, name)} "
                            f"(pid {os.getpid()})")
                 try:
@@ -207,7 +213,8 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], timeout: float,
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Where a detached server writes its log.")
 def nbd(disk: str, socket_path: str | None, port: int | None, address: str,
-        export_name: str | None, ifaces: tuple[str, ...], timeout: float, dead_time: float,
+        export_name: str | None, ifaces: tuple[str, ...], give_up: float | None,
+        timeout: float, dead_time: float,
         read_only: bool, verbose: int, workers: int, daemon: bool, log_path: str | None) -> None:
     """Serve DISK over NBD (for nbdinfo, nbdcopy, qemu, nbdfuse, nbd-client).
 
@@ -226,7 +233,7 @@ def nbd(disk: str, socket_path: str | None, port: int | None, address: str,
     def work(ready: Ready) -> None:
         from aoe.export.nbdserver import serve_nbd
 
-        with _opened(source, ifaces, read_only, timeout, dead_time) as dev:
+        with _opened(source, ifaces, read_only, timeout, dead_time, give_up) as dev:
             try:
                 signum = serve_nbd(dev, socket_path=socket_path, host=address, port=port, name=name,
                           read_only=read_only, workers=workers,
@@ -255,9 +262,9 @@ def nbd(disk: str, socket_path: str | None, port: int | None, address: str,
               help="Stay in the foreground (default: detach once attached).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Where a detached attachment writes its log.")
-def attach(disk: str, device: str, ifaces: tuple[str, ...], timeout: float,
-           dead_time: float, read_only: bool, verbose: int, connections: int, method: str,
-           foreground: bool, log_path: str | None) -> None:
+def attach(disk: str, device: str, ifaces: tuple[str, ...], give_up: float | None,
+           timeout: float, dead_time: float, read_only: bool, verbose: int, connections: int,
+           method: str, foreground: bool, log_path: str | None) -> None:
     """Bind DISK to the kernel block device DEVICE (/dev/nbdN), so that e.g.
     `mount /dev/nbd0p1 /mnt` works. Needs the kernel's nbd driver. Undo with
     `aoe detach DEVICE`.
@@ -277,7 +284,7 @@ def attach(disk: str, device: str, ifaces: tuple[str, ...], timeout: float,
     _logging(verbose)
 
     def work(ready: Ready) -> None:
-        with _opened(source, ifaces, read_only, timeout, dead_time) as dev:
+        with _opened(source, ifaces, read_only, timeout, dead_time, give_up) as dev:
             try:
                 signum = attach_blockdev(dev, device, read_only=read_only, connections=connections,
                                 method=method, ready=lambda a: ready(

@@ -55,6 +55,14 @@ def _iface_options(fn: F) -> F:
 
 def _session_options(fn: F) -> F:
     fn = click.option(
+        "--give-up",
+        type=click.FloatRange(0),
+        default=0.0,
+        show_default=True,
+        help="Seconds after the target was declared dead that the session still probes "
+             "for it (0: it ends at once).",
+    )(fn)
+    fn = click.option(
         "--dead-time",
         type=click.FloatRange(0.1, 3600),
         default=10.0,
@@ -154,6 +162,7 @@ def info(
     ifaces: tuple[str, ...],
     timeout: float,
     dead_time: float,
+    give_up: float,
     as_json: bool,
 ) -> None:
     """Show what an AoE target (SHELF.SLOT) reports and how it is reached.
@@ -163,7 +172,7 @@ def info(
     """
     with _friendly_errors():
         with AoeDisk.open(*target, ifaces or None, timeout=timeout,
-                          dead_timeout=dead_time) as disk:
+                          dead_timeout=dead_time, give_up=give_up) as disk:
             details = _disk_details(disk)
     if as_json:
         click.echo(json.dumps(details, indent=2))
@@ -271,6 +280,7 @@ def copy(
     ifaces: tuple[str, ...],
     timeout: float,
     dead_time: float,
+    give_up: float,
     offset: int,
     length: int | None,
     verify: bool,
@@ -303,7 +313,7 @@ def copy(
     try:
         with raise_on_stop_signals(), _friendly_errors():
             result = _copy(src_addr, source, dest, address, ifaces, timeout, dead_time,
-                           offset, length, verify, sparse, moved)
+                           give_up, offset, length, verify, sparse, moved)
     except Interrupted as stop:
         if bar is not None:
             bar.finish()
@@ -338,10 +348,10 @@ class _Moved:
 
 
 def _copy(src_addr: tuple[int, int] | None, source: str, dest: str, address: tuple[int, int],
-          ifaces: tuple[str, ...], timeout: float, dead_time: float, offset: int,
-          length: int | None, verify: bool, sparse: bool, moved: _Moved) -> CopyResult:
+          ifaces: tuple[str, ...], timeout: float, dead_time: float, give_up: float,
+          offset: int, length: int | None, verify: bool, sparse: bool, moved: _Moved) -> CopyResult:
     with AoeDisk.open(*address, ifaces or None, timeout=timeout,
-                      dead_timeout=dead_time) as disk:
+                      dead_timeout=dead_time, give_up=give_up) as disk:
         try:
             if src_addr is not None:
                 total = check_range(disk.size, offset, length)  # before the file is truncated
