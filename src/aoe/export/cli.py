@@ -160,15 +160,29 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], give_up: float | 
     def work(ready: Ready) -> None:
         from aoe.export.fuse import mount_blockdev, unmount
 
+        up = False
+
+        def on_ready(message: str) -> None:
+            nonlocal up
+            up = True
+            ready(message)
+
         def on_signal(signum: int) -> None:
-            if not os.path.ismount(mp):  # still opening the disk: nothing to undo
+            if not up:  # still opening the disk: nothing to undo
                 sys.stderr.write(f"{verb(signum)} before {mp} was mounted\n")
                 sys.stderr.flush()
                 os._exit(128 + signum)
             try:  # ends the FUSE loop; lazy, so a file still open does not block it
                 unmount(mp, lazy=True)
             except OSError as exc:
-                logging.getLogger("aoe.export").error("%s", exc)
+                if os.path.ismount(mp):
+                    logging.getLogger("aoe.export").error("%s", exc)
+                    return
+                # unmounted by someone else already: the loop may wait for ever for its
+                # last user; every write was acknowledged by the target, so just go
+                sys.stderr.write(f"{verb(signum)}: {mp} was unmounted already\n")
+                sys.stderr.flush()
+                os._exit(128 + signum)
 
         # The FUSE loop runs in C, where Python signal handlers cannot run: a watcher
         # thread takes SIGINT/SIGTERM and unmounts.
@@ -180,7 +194,7 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], give_up: float | 
                     mount_blockdev(dev, mp, name=name, read_only=read_only,
                                    direct_io=not cached, allow_other=allow_other,
                                    fsname=f"aoe:{source.label}",
-                                   ready=lambda: ready(message), debug=verbose > 2)
+                                   ready=lambda: on_ready(message), debug=verbose > 2)
                 except (RuntimeError, OSError) as exc:
                     if signals.signum is None:
                         raise click.ClickException(f"FUSE mount on {mp} failed: {exc}") \
