@@ -30,7 +30,7 @@ pytestmark = pytest.mark.netns
 
 SIZE = 96 << 20
 ADDR = f"{SHELF}.{SLOT}"
-DEAD_TIME = "6"  # well above the time a restart of `aoe serve` takes here
+DEAD_TIME = "10"  # well above the time a restart of `aoe serve` takes, even under load
 
 
 @dataclass
@@ -175,6 +175,7 @@ def test_loop_mounted_ext4_over_aoe_mount_survives_restarts(outage: Outage,
         # A filesystem that meets EIO (the long outage below) aborts its journal, as on
         # any disk: it is unmounted meanwhile; the export itself stays up throughout.
         run(["umount", str(mnt)])
+        os.sync()
 
         away_longer_than_the_dead_time(outage, disk_file)
 
