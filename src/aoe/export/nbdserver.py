@@ -767,7 +767,7 @@ def serve_nbd(
         if ready is not None:
             ready(server)
         with StopOnSignals(stop) as stopper:
-            while not stop.wait(1.0):
+            while not stop.wait(0.1):  # a signal is noticed at once
                 pass
         return stopper.signum
 
