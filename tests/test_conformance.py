@@ -85,8 +85,8 @@ def test_read_only_run_changes_nothing(two_hosts: TwoHosts, tmp_path: Path) -> N
     original = make_image(image)
     start_aoe_serve(two_hosts, image, tmp_path / "state")
     done = two_hosts.initiator.run(
-        [AOE, "conformance", "eth0", "1.0", "--read-only", "--json", "--timeout", str(TIMEOUT),
-         "--scratch-lba", "1000", "--scratch-sectors", "8", "--skip", "header"],
+        [AOE, "conformance", "1.0", "-i", "eth0", "--read-only", "--json", "--timeout",
+         str(TIMEOUT), "--scratch-lba", "1000", "--scratch-sectors", "8", "--skip", "header"],
         check=False, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads(done.stdout)
@@ -102,7 +102,7 @@ def test_read_only_run_changes_nothing(two_hosts: TwoHosts, tmp_path: Path) -> N
 
 @netns
 def test_missing_target_fails_discovery_with_exit_1(two_hosts: TwoHosts) -> None:
-    done = two_hosts.initiator.run([AOE, "conformance", "eth0", "4.4", "--timeout", "0.1"],
+    done = two_hosts.initiator.run([AOE, "conformance", "4.4", "-i", "eth0", "--timeout", "0.1"],
                                    check=False, timeout=30)
     assert done.returncode == 1
     assert "discovery" in done.stdout and "no answer from 4.4" in done.stdout
@@ -111,16 +111,16 @@ def test_missing_target_fails_discovery_with_exit_1(two_hosts: TwoHosts) -> None
 
 @netns
 def test_cli_reports_a_missing_interface_cleanly(two_hosts: TwoHosts) -> None:
-    done = two_hosts.initiator.run([AOE, "conformance", "nosuch0", "1.0"], check=False)
+    done = two_hosts.initiator.run([AOE, "conformance", "1.0", "-i", "nosuch0"], check=False)
     assert done.returncode == 1
     assert "nosuch0" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("args, message", [
-    (["eth0", "1.x"], "not a SHELF.SLOT"),
-    (["eth0", "65535.0"], "broadcast"),
-    (["eth0", "1.0", "--scratch-lba", "5"], "go together"),
-    (["eth0", "1.0", "--skip", "disk"], "disk"),
+    (["1.x", "-i", "eth0"], "not a SHELF.SLOT"),
+    (["65535.0", "-i", "eth0"], "broadcast"),
+    (["1.0", "-i", "eth0", "--scratch-lba", "5"], "go together"),
+    (["1.0", "-i", "eth0", "--skip", "disk"], "disk"),
 ])
 def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(main, ["conformance", *args])

@@ -97,7 +97,7 @@ def test_aoe_mount_and_aoe_nbd_commands(serve_rig: Rig, tmp_path: Path) -> None:
             f.write(b"end of the disk".ljust(4096, b"."))
             os.fsync(f.fileno())
         mount.send_signal(signal.SIGTERM)
-        assert mount.wait(30) == 0
+        assert mount.wait(30) == 143  # 128 + SIGTERM
         assert not os.path.ismount(mp)
     finally:
         if mount.poll() is None:
@@ -116,7 +116,7 @@ def test_aoe_mount_and_aoe_nbd_commands(serve_rig: Rig, tmp_path: Path) -> None:
         run(["nbdcopy", uri, str(out)], timeout=120)
         assert sha256(out) == sha256(rig.image)
         nbd.send_signal(signal.SIGINT)
-        assert nbd.wait(30) == 0
+        assert nbd.wait(30) == 130  # 128 + SIGINT
     finally:
         if nbd.poll() is None:
             nbd.kill()

@@ -271,7 +271,7 @@ def test_aoe_mount_foreground_unmounts_on_signal(tmp_path: Path, sig: int) -> No
     try:
         wait_mounted(mp, proc)
         proc.send_signal(sig)
-        assert proc.wait(20) == 0
+        assert proc.wait(20) == 128 + sig  # the shell's status for a signal
         assert not os.path.ismount(mp)
         assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
     finally:
@@ -284,11 +284,15 @@ def test_aoe_mount_foreground_unmounts_on_signal(tmp_path: Path, sig: int) -> No
 def test_aoe_mount_errors(tmp_path: Path) -> None:
     img = tmp_path / "x.img"
     img.write_bytes(bytes(4096))
+    empty = tmp_path / "empty"
+    empty.mkdir()
     cases = [
-        ([f"file:{tmp_path / 'missing.img'}", str(tmp_path)], 1, "cannot open"),
-        ([f"file:{img}", str(tmp_path / "nodir")], 2, "is not a directory"),
-        ([f"file:{img}", str(tmp_path), "--name", "a/b"], 2, "plain file name"),
-        (["7", str(tmp_path)], 2, "SHELF.SLOT"),
+        ([f"file:{tmp_path / 'missing.img'}", str(empty)], 1, "cannot open"),
+        ([f"file:{img}", str(tmp_path / "nodir")], 2, "does not exist (create it"),
+        ([f"file:{img}", str(img)], 2, "is a file"),
+        ([f"file:{img}", str(tmp_path)], 2, "is not empty: the mount would hide its files"),
+        ([f"file:{img}", str(empty), "--name", "a/b"], 2, "plain file name"),
+        (["7", str(empty)], 2, "SHELF.SLOT"),
     ]
     for argv, code, words in cases:
         done = run([AOE, "mount", *argv], check=False, timeout=30)

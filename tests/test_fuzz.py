@@ -127,7 +127,7 @@ def test_cli_fuzz_without_scratch_writes_nothing(two_hosts: TwoHosts, tmp_path: 
     original = make_image(image)
     start_aoe_serve(two_hosts, image, tmp_path / "state")
     done = two_hosts.initiator.run(
-        [AOE, "fuzz", "eth0", "1.0", "--count", "3000", "--seed", "9", "--json",
+        [AOE, "fuzz", "1.0", "-i", "eth0", "--count", "3000", "--seed", "9", "--json",
          "--timeout", "0.5"], check=False, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
@@ -143,7 +143,7 @@ def test_cli_fuzz_refuses_a_scratch_range_past_the_end(two_hosts: TwoHosts,
     make_image(image)
     start_aoe_serve(two_hosts, image, tmp_path / "state")
     done = two_hosts.initiator.run(
-        [AOE, "fuzz", "eth0", "1.0", "--scratch-lba", str(SECTORS - 1), "--scratch-sectors",
+        [AOE, "fuzz", "1.0", "-i", "eth0", "--scratch-lba", str(SECTORS - 1), "--scratch-sectors",
          "8", "--timeout", "0.3"], check=False, timeout=30)
     assert done.returncode == 1
     assert "not inside the device" in done.stderr and "Traceback" not in done.stderr

@@ -141,3 +141,13 @@ def test_copy_through_stdout_and_stdin(rig: Rig, tmp_path: Path) -> None:
                           timeout=60)
     assert rig.image_now()[100:3100] == b"\xa5" * 3000
     assert rig.image_now()[3100:] == rig.data[3100:] and rig.image_now()[:100] == rig.data[:100]
+
+
+def test_copy_json_summary(rig: Rig, tmp_path: Path) -> None:
+    done = aoe(rig, "copy", ADDR, "j.img", "--json", "--verify")
+    summary = json.loads(done.stdout)
+    assert summary["bytes"] == SIZE and summary["verified"] is True
+    assert summary["sha256"] == __import__("hashlib").sha256(rig.data).hexdigest()
+    assert summary["holes"] >= 2 << 20 and summary["seconds"] > 0
+    assert summary["source"] == ADDR and summary["dest"] == "j.img"
+    assert (tmp_path / "j.img").read_bytes() == rig.data

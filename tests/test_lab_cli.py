@@ -54,7 +54,8 @@ def test_up_list_exec_down(aoe) -> None:  # type: ignore[no-untyped-def]
     assert all(namespace_exists(ns) for ns in desc["hosts"].values())
     listed = json.loads(aoe("lab", "list", "--json").stdout)
     assert [lab["name"] for lab in listed["labs"]] == ["t1"]
-    mtu = aoe("lab", "exec", "t1/h2", "--", "cat", "/sys/class/net/eth1/mtu").stdout
+    mtu = aoe("lab", "exec", "--private-mounts", "t1/h2", "--", "cat",
+               "/sys/class/net/eth1/mtu").stdout
     assert mtu.strip() == "9000"
     assert aoe("lab", "exec", "h3", "--", "sh", "-c", "exit 3", check=False).returncode == 3
     again = aoe("lab", "up", "--name", "t1", check=False)

@@ -88,8 +88,8 @@ def test_missing_interface_is_named_plainly(two_hosts: TwoHosts) -> None:
     """Every command that opens a raw socket says the same thing about a missing one."""
     runner = CliRunner()
     with two_hosts.target.enter():
-        for argv in (["sniff", "nope0"], ["ping", "1.0", "-i", "nope0"],
-                     ["conformance", "nope0", "1.0"], ["fuzz", "nope0", "1.0"]):
+        for argv in (["sniff", "-i", "nope0"], ["ping", "1.0", "-i", "nope0"],
+                     ["conformance", "1.0", "-i", "nope0"], ["fuzz", "1.0", "-i", "nope0"]):
             res = runner.invoke(main, argv)
             assert res.exit_code == 1, (argv, res.output)
             assert "interface 'nope0' does not exist" in res.output, (argv, res.output)

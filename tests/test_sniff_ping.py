@@ -24,7 +24,7 @@ netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
 
 def start_sniffer(th: TwoHosts, *args: str) -> subprocess.Popen[str]:
-    proc = th.initiator.popen([AOE, "sniff", "eth0", *args], stdout=subprocess.PIPE,
+    proc = th.initiator.popen([AOE, "sniff", "-i", "eth0", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     line = read_line(proc.stderr)
@@ -158,9 +158,8 @@ def test_pcap_writer_output_reads_back(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sniff", "eth0", "--command", "disk"], "disk"),
-    (["sniff", "eth0", "--target", "1"], "SHELF.SLOT"),
-    (["ping", "1.0"], "--interface"),
+    (["sniff", "-i", "eth0", "--command", "disk"], "disk"),
+    (["sniff", "-i", "eth0", "--target", "1"], "SHELF.SLOT"),
     (["ping", "1.0", "-i", "eth0", "--count", "0"], "count"),
 ])
 def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
@@ -170,7 +169,7 @@ def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
 
 @netns
 def test_sniff_on_a_missing_interface_is_a_clean_error(two_hosts: TwoHosts) -> None:
-    done = two_hosts.initiator.run([AOE, "sniff", "nosuch0", "--count", "1"], check=False)
+    done = two_hosts.initiator.run([AOE, "sniff", "-i", "nosuch0", "--count", "1"], check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "nosuch0" in done.stderr
 

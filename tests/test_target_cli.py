@@ -86,7 +86,7 @@ def test_config_file_errors(host: Host, tmp_path: Path) -> None:
     assert_user_error(run_serve(host, "-c", str(empty)), "nothing to serve")
     img = make_image(tmp_path / "d.img", 1 << 20)
     assert_user_error(run_serve(host, "-c", str(empty), "eth0", "1.0", str(img)), "not both")
-    assert_user_error(run_serve(host), "IFACE SHELF.SLOT FILE")
+    assert_user_error(run_serve(host), "need SHELF.SLOT FILE")
 
 
 @pytest.mark.netns

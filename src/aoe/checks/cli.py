@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ..cli_types import ADDRESS, net_errors
+from ..cli_types import iface_option, net_errors, old_iface_first, one_iface
 
 
 def _scratch(lba: int | None, sectors: int | None) -> tuple[int, int] | None:
@@ -36,8 +36,10 @@ def scratch_options(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 @click.command("conformance")
-@click.argument("iface")
-@click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
+@click.argument("first", metavar="SHELF.SLOT")
+@click.argument("second", required=False, metavar="")
+@iface_option("Interface to test through (repeatable: the first where SHELF.SLOT answers "
+              "is used). Default: every Ethernet interface that is up.")
 @scratch_options
 @click.option("--read-only", is_flag=True, help="Skip every write and every state change.")
 @click.option("--timeout", type=click.FloatRange(0.01, 30), default=1.0, show_default=True,
@@ -47,10 +49,13 @@ def scratch_options(fn: click.decorators.FC) -> click.decorators.FC:
               help="Leave out an area of checks (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Results as JSON.")
 @click.option("--markdown", is_flag=True, help="Results as a Markdown table.")
-def conformance(iface: str, address: tuple[int, int], scratch_lba: int | None,
-                scratch_sectors: int | None, read_only: bool, timeout: float,
-                skip: tuple[str, ...], as_json: bool, markdown: bool) -> None:
-    """Check that target SHELF.SLOT on IFACE speaks AoE r11 correctly.
+def conformance(first: str, second: str | None, ifaces: tuple[str, ...],
+                scratch_lba: int | None, scratch_sectors: int | None, read_only: bool,
+                timeout: float, skip: tuple[str, ...], as_json: bool, markdown: bool) -> None:
+    """Check that target SHELF.SLOT speaks AoE r11 correctly.
+
+    \b
+    Example:  aoe conformance 1.0 -i eth0 --scratch-lba 2048 --scratch-sectors 64
 
     Writes happen only inside the scratch range, whose data is restored; without one the
     write checks are skipped. Config string, mask list and reservation are changed during
@@ -58,7 +63,9 @@ def conformance(iface: str, address: tuple[int, int], scratch_lba: int | None,
     """
     from .conformance import failed, format_markdown, format_table, run_conformance, to_json
 
+    address, ifaces = old_iface_first(first, second, ifaces, "conformance")
     scratch = _scratch(scratch_lba, scratch_sectors)
+    iface = one_iface(ifaces, address, timeout)
     try:
         results = run_conformance(iface, *address, scratch=scratch, read_only=read_only,
                                   timeout=timeout, skip=skip)
@@ -76,8 +83,10 @@ def conformance(iface: str, address: tuple[int, int], scratch_lba: int | None,
 
 
 @click.command("fuzz")
-@click.argument("iface")
-@click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
+@click.argument("first", metavar="SHELF.SLOT")
+@click.argument("second", required=False, metavar="")
+@iface_option("Interface to send through (repeatable: the first where SHELF.SLOT answers "
+              "is used). Default: every Ethernet interface that is up.")
 @click.option("--count", "-n", type=click.IntRange(0), default=10000, show_default=True,
               help="Frames to send.")
 @click.option("--duration", type=click.FloatRange(0.1), default=None,
@@ -89,10 +98,14 @@ def conformance(iface: str, address: tuple[int, int], scratch_lba: int | None,
 @click.option("--timeout", type=click.FloatRange(0.01, 30), default=1.0, show_default=True,
               help="Seconds to wait for each answer before and after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Report as JSON.")
-def fuzz(iface: str, address: tuple[int, int], count: int, duration: float | None,
-         seed: int | None, scratch_lba: int | None, scratch_sectors: int | None,
-         rate: float | None, timeout: float, as_json: bool) -> None:
+def fuzz(first: str, second: str | None, ifaces: tuple[str, ...], count: int,
+         duration: float | None, seed: int | None, scratch_lba: int | None,
+         scratch_sectors: int | None, rate: float | None, timeout: float,
+         as_json: bool) -> None:
     """Send generated and mutated frames at SHELF.SLOT, then check it survived.
+
+    \b
+    Example:  aoe fuzz 1.0 -i eth0 --count 50000 --seed 7
 
     Frames that could write go only to the scratch range; without one they are redirected
     to an address nobody answers. Data outside the scratch range is checksummed before and
@@ -100,6 +113,8 @@ def fuzz(iface: str, address: tuple[int, int], count: int, duration: float | Non
     """
     from .fuzz import FuzzError, run_fuzz
 
+    address, ifaces = old_iface_first(first, second, ifaces, "fuzz")
+    iface = one_iface(ifaces, address, timeout)
     try:
         report = run_fuzz(iface, *address, count=count, duration=duration, seed=seed,
                           scratch=_scratch(scratch_lba, scratch_sectors), rate=rate,

@@ -236,10 +236,10 @@ def attach_blockdev(
     workers: int = DEFAULT_WORKERS,
     ready: Callable[[Attachment], None] | None = None,
     stop: threading.Event | None = None,
-) -> None:
+) -> int | None:
     """Serve `dev` as `device` (/dev/nbdN) until it is detached or, in the main thread,
-    until SIGINT/SIGTERM (which detaches it). Raises NbdUnavailable early when the
-    kernel has no nbd driver.
+    until SIGINT/SIGTERM (which detaches it; the signal is returned). Raises NbdUnavailable
+    early when the kernel has no nbd driver.
 
     `method` is "netlink", "ioctl" or "auto" (netlink when the family exists). The ioctl
     interface takes one connection; netlink takes `connections` sockets (multi-conn).
@@ -276,11 +276,12 @@ def attach_blockdev(
         waiter.start()
         if ready is not None:
             ready(attachment)
-        with StopOnSignals(stop):
-            while not done.wait(0.5):
+        with StopOnSignals(stop) as stopper:
+            while not done.wait(0.1):
                 if stop.is_set():
                     detach(f"/dev/nbd{index}", method=method)
                     stop.clear()
+        return stopper.signum
     finally:
         for ours, theirs in pairs:
             ours.close()

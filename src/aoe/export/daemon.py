@@ -44,6 +44,8 @@ def run_detached(work: Callable[[Ready], None], log_path: str | None = None) -> 
 
         work(ready)
         code = 0
+    except SystemExit as exc:  # a signal's exit status (130, 143) after a clean stop
+        code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # relayed to the parent, which prints it
         text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         if reported:  # the parent is gone: only the log can hear it now

@@ -758,10 +758,11 @@ def serve_nbd(
     workers: int = DEFAULT_WORKERS,
     ready: Callable[[NbdServer], None] | None = None,
     stop: threading.Event | None = None,
-) -> None:
+) -> int | None:
     """Export `dev` over NBD until SIGINT/SIGTERM (main thread) or until `stop` is set.
 
-    `ready(server)` runs once the socket listens (the CLI prints the URI there).
+    `ready(server)` runs once the socket listens (the CLI prints the URI there). Returns
+    the signal that ended it, if one did.
     """
     stop = stop or threading.Event()
     with NbdServer(dev, socket_path=socket_path, host=host, port=port, name=name,
@@ -769,9 +770,10 @@ def serve_nbd(
         server.start()
         if ready is not None:
             ready(server)
-        with StopOnSignals(stop):
-            while not stop.wait(1.0):
+        with StopOnSignals(stop) as stopper:
+            while not stop.wait(0.1):  # a signal is noticed at once
                 pass
+        return stopper.signum
 
 
 class StopOnSignals:
@@ -780,12 +782,19 @@ class StopOnSignals:
     def __init__(self, stop: threading.Event) -> None:
         self.stop = stop
         self.saved: dict[int, Any] = {}
+        self.signum: int | None = None  # the first signal that came
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is not threading.main_thread():
-            return
+            return self
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.saved[sig] = signal.signal(sig, lambda *_: self.stop.set())
+            self.saved[sig] = signal.signal(sig, self._stop)
+        return self
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.stop.set()
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():

@@ -55,6 +55,8 @@ def open_source(
     ifaces: Sequence[str] = (),
     read_only: bool = False,
     timeout: float = 2.0,
+    dead_timeout: float | None = None,
+    give_up: float | None = None,
 ) -> BlockDevice:
     """Open the device; errors come back as SourceError with a one-line reason."""
     if source.path is not None:
@@ -67,7 +69,9 @@ def open_source(
     assert source.shelf is not None and source.slot is not None
     try:
         return AoeDisk.open(source.shelf, source.slot, list(ifaces) or None,
-                            timeout=timeout, read_only=read_only)
+                            timeout=timeout, read_only=read_only,
+                            dead_timeout=10.0 if dead_timeout is None else dead_timeout,
+                            give_up=give_up)
     except InitiatorError as exc:
         raise SourceError(str(exc)) from None
     except PermissionError as exc:

@@ -15,9 +15,17 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 
-from ..cli_types import AddressType, SizeType
+from ..cli_types import (
+    SIZE_HELP,
+    AddressType,
+    SizeType,
+    address_or_fail,
+    iface_option,
+    looks_like_address,
+)
 from ..net.link import LinkError
-from ..protocol import format_mac, parse_address
+from ..protocol import format_mac
+from ..stopsignals import Interrupted, exit_on_signal, raise_on_stop_signals
 from .copy import CopyResult, VerifyError, check_range, copy_from_disk, copy_to_disk
 from .discovery import TargetInfo
 from .discovery import discover as discover_targets
@@ -35,25 +43,26 @@ def human_size(n: float) -> str:
 
 
 def _iface_options(fn: F) -> F:
-    fn = click.option(
-        "-i",
-        "--iface",
-        "ifaces",
-        multiple=True,
-        metavar="IFACE",
-        help="Interface to use (repeatable). Default: every Ethernet interface that is up.",
-    )(fn)
+    fn = iface_option()(fn)
     fn = click.option(
         "--timeout",
         type=click.FloatRange(0.01, 60),
         default=1.0,
         show_default=True,
-        help="Seconds to wait for Query Config answers.",
+        help="Seconds to wait for Query Config answers (discovery).",
     )(fn)
     return fn
 
 
 def _session_options(fn: F) -> F:
+    fn = click.option(
+        "--give-up",
+        type=click.FloatRange(0),
+        default=0.0,
+        show_default=True,
+        help="Seconds after the target was declared dead that the session still probes "
+             "for it (0: it ends at once).",
+    )(fn)
     fn = click.option(
         "--dead-time",
         type=click.FloatRange(0.1, 3600),
@@ -112,19 +121,26 @@ def _table(targets: list[TargetInfo]) -> str:
 def discover(
     target: tuple[int, int] | None, ifaces: tuple[str, ...], timeout: float, as_json: bool
 ) -> None:
-    """Find AoE targets (all, or only TARGET as SHELF.SLOT) and IDENTIFY each one."""
+    """Find AoE targets (all, or only TARGET as SHELF.SLOT) and IDENTIFY each one.
+
+    Exits 1 when none answered (with --json too, after printing an empty list).
+
+    \b
+    Example:  aoe discover -i eth0
+              aoe discover 1.0 --json
+    """
     with _friendly_errors():
         found = discover_targets(ifaces or None, target, timeout)
     if as_json:
         click.echo(json.dumps([t.as_dict() for t in found], indent=2))
-        return
-    if not found:
+    if not found:  # an error in either form (the JSON form has printed its empty list)
         which = f"target {target[0]}.{target[1]}" if target else "AoE target"
         raise click.ClickException(
             f"no {which} answered within {timeout:g} s (if one runs, its access list may "
             "exclude this host)"
         )
-    click.echo(_table(found))
+    if not as_json:
+        click.echo(_table(found))
     for t in found:
         if t.conflict:
             click.echo(f"warning: {t.conflict}", err=True)
@@ -150,12 +166,17 @@ def info(
     ifaces: tuple[str, ...],
     timeout: float,
     dead_time: float,
+    give_up: float,
     as_json: bool,
 ) -> None:
-    """Show what an AoE target (SHELF.SLOT) reports and how it is reached."""
+    """Show what an AoE target (SHELF.SLOT) reports and how it is reached.
+
+    \b
+    Example:  aoe info 1.0 -i eth0
+    """
     with _friendly_errors():
         with AoeDisk.open(*target, ifaces or None, timeout=timeout,
-                          dead_timeout=dead_time) as disk:
+                          dead_timeout=dead_time, give_up=give_up) as disk:
             details = _disk_details(disk)
     if as_json:
         click.echo(json.dumps(details, indent=2))
@@ -221,11 +242,11 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
-def _as_address(text: str) -> tuple[int, int] | None:
-    try:
-        return parse_address(text)
-    except ValueError:
+def _as_address(text: str, hint: str) -> tuple[int, int] | None:
+    """SHELF.SLOT, or None for a file name; N.N out of range is an error about the range."""
+    if not looks_like_address(text):
         return None
+    return address_or_fail(text, hint)
 
 
 def _summary(result: CopyResult) -> str:
@@ -245,55 +266,119 @@ def _summary(result: CopyResult) -> str:
 @click.argument("dest")
 @_iface_options
 @_session_options
-@click.option("--offset", type=SizeType(), default=0, help="Byte offset on the disk.")
+@click.option("--offset", type=SizeType(), default=0, show_default=True,
+              help=f"Byte offset on the disk ({SIZE_HELP}).")
 @click.option("--length", type=SizeType(), default=None,
-              help="Bytes to copy. Default: to the end of the disk (or of the input file).")
+              help=f"Bytes to copy ({SIZE_HELP}). Default: to the end of the disk (or of "
+                   "the input file).")
 @click.option("--verify", is_flag=True, help="Re-read the destination and compare SHA-256.")
 @click.option("--sparse/--no-sparse", default=True, show_default=True,
               help="Leave holes in the output file where the disk reads zeros.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr. Default: only when stderr is a terminal.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON on stdout (bytes, seconds, rate, holes, sha256).")
 def copy(
     source: str,
     dest: str,
     ifaces: tuple[str, ...],
     timeout: float,
     dead_time: float,
+    give_up: float,
     offset: int,
     length: int | None,
     verify: bool,
     sparse: bool,
     progress: bool | None,
+    as_json: bool,
 ) -> None:
     """Copy an AoE disk to a file (aoe copy SHELF.SLOT FILE) or a file onto one
     (aoe copy FILE SHELF.SLOT). FILE may be - for stdout/stdin; write ./1.2 for a file
-    whose name looks like an address."""
-    src_addr, dst_addr = _as_address(source), _as_address(dest)
+    whose name looks like an address.
+
+    SIGINT (Ctrl-C) or SIGTERM stops the copy at once, says how much was copied and exits
+    with 130 (143 for SIGTERM).
+
+    \b
+    Example:  aoe copy 1.0 backup.img -i eth0 --verify
+              aoe copy backup.img 1.0 -i eth0
+              aoe copy 1.0 - --offset 1M --length 64K | hexdump -C
+    """
+    src_addr, dst_addr = _as_address(source, "SOURCE"), _as_address(dest, "DEST")
     if (src_addr is None) == (dst_addr is None):
         raise click.UsageError("exactly one of SOURCE and DEST must be a SHELF.SLOT address")
+    if as_json and dest == "-":
+        raise click.UsageError("--json prints on stdout: it cannot go with - as DEST")
     show = sys.stderr.isatty() if progress is None else progress
     bar = _ProgressBar() if show else None
+    moved = _Moved(bar)
     address = src_addr or dst_addr
     assert address is not None
-    with _friendly_errors():
-        with AoeDisk.open(*address, ifaces or None, timeout=timeout,
-                          dead_timeout=dead_time) as disk:
-            try:
-                if src_addr is not None:
-                    check_range(disk.size, offset, length)  # before the file is truncated
-                    with _open_file(dest, "w+b") as out:
-                        result = copy_from_disk(disk, out, offset, length, sparse=sparse,
-                                                verify=verify, progress=bar)
-                else:
-                    with _open_file(source, "rb") as src:
-                        result = copy_to_disk(disk, src, offset, length, verify=verify,
-                                              progress=bar)
-            except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
-            finally:
-                if bar is not None:
-                    bar.finish()
-    click.echo(_summary(result), err=True)
+    try:
+        with raise_on_stop_signals(), _friendly_errors():
+            result = _copy(src_addr, source, dest, address, ifaces, timeout, dead_time,
+                           give_up, offset, length, verify, sparse, moved)
+    except Interrupted as stop:
+        if bar is not None:
+            bar.finish()
+        exit_on_signal(stop.signum, moved.what(source, dest, src_addr is not None))
+    if as_json:
+        click.echo(json.dumps(dict(_summary_dict(result), source=source, dest=dest), indent=2))
+    else:
+        click.echo(_summary(result), err=True)
+
+
+class _Moved:
+    """Bytes moved so far (for the line an interrupted copy prints); drives the bar too."""
+
+    def __init__(self, bar: _ProgressBar | None) -> None:
+        self.bar = bar
+        self.done = 0
+        self.total: int | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if self.bar is not None:
+            self.bar(done, total)
+
+    def what(self, source: str, dest: str, from_disk: bool) -> str:
+        if self.total is None:
+            return f"before any data was copied; {dest} was not changed" if from_disk \
+                else f"before any data was written to {dest}"
+        whole = f"after {human_size(self.done)} of {human_size(self.total)}"
+        if not from_disk:
+            return f"{whole}; only part of {source} is on disk {dest}"
+        return f"{whole}; {'the output' if dest == '-' else dest} is incomplete"
+
+
+def _copy(src_addr: tuple[int, int] | None, source: str, dest: str, address: tuple[int, int],
+          ifaces: tuple[str, ...], timeout: float, dead_time: float, give_up: float,
+          offset: int, length: int | None, verify: bool, sparse: bool, moved: _Moved) -> CopyResult:
+    with AoeDisk.open(*address, ifaces or None, timeout=timeout,
+                      dead_timeout=dead_time, give_up=give_up) as disk:
+        try:
+            if src_addr is not None:
+                total = check_range(disk.size, offset, length)  # before the file is truncated
+                with _open_file(dest, "w+b") as out:
+                    moved(0, total)
+                    result = copy_from_disk(disk, out, offset, length, sparse=sparse,
+                                            verify=verify, progress=moved)
+            else:
+                with _open_file(source, "rb") as src:
+                    result = copy_to_disk(disk, src, offset, length, verify=verify,
+                                          progress=moved)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
+        finally:
+            if moved.bar is not None:
+                moved.bar.finish()
+    return result
+
+
+def _summary_dict(result: CopyResult) -> dict[str, Any]:
+    return {"bytes": result.nbytes, "seconds": round(result.seconds, 6),
+            "rate_bytes_per_second": round(result.rate), "holes": result.holes,
+            "verified": result.verified, "sha256": result.sha256}
 
 
 @contextmanager

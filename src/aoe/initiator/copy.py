@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -57,6 +58,23 @@ class CopyResult:
     def rate(self) -> float:
         """Bytes per second."""
         return self.nbytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@contextmanager
+def _pool(prefix: str) -> Iterator[ThreadPoolExecutor]:
+    """DEPTH worker threads. On an interrupt (SIGINT/SIGTERM raised as a BaseException)
+    the requests in flight are not waited for: the caller closes the disk, which fails
+    them at once, so the copy stops promptly."""
+    pool = ThreadPoolExecutor(DEPTH, thread_name_prefix=prefix)
+    try:
+        yield pool
+    except Exception:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _is_regular(f: BinaryIO) -> bool:
@@ -215,7 +233,7 @@ def copy_to_disk(
     done = 0
     # DEPTH writes in flight plus the chunk being read: buffers used in turn.
     free = deque(bytearray(max(1, min(chunk, limit))) for _ in range(DEPTH + 1))
-    with ThreadPoolExecutor(DEPTH, thread_name_prefix="aoe-copy") as pool:
+    with _pool("aoe-copy") as pool:
         queue: deque[tuple[Future[None], int, bytearray]] = deque()
         pos = offset
         while True:
@@ -274,7 +292,7 @@ def _disk_chunks(disk: BlockDevice, offset: int, total: int,
     for.
     """
     readinto = getattr(disk, "readinto", None)
-    with ThreadPoolExecutor(DEPTH, thread_name_prefix="aoe-read") as pool:
+    with _pool("aoe-read") as pool:
         pos = offset
         end = offset + total
         if readinto is None:

@@ -85,6 +85,8 @@ TAG_SEQ_MASK = 0x7FFFFF
 PATH_DOWN_AFTER = 3  # rounds of timeouts in a row with no answer at all
 MIN_QUEUED_WINDOW = 8.0  # delay alone never shrinks the window below this
 PROBE_INTERVAL = 0.5
+REVIVE_FIRST = 0.25  # after a death, the first Query Config probe; doubled up to ...
+REVIVE_MAX = 4.0  # ... this many seconds between probes
 INF = float("inf")
 
 
@@ -206,11 +208,24 @@ class SessionCore:
     """
 
     def __init__(self, shelf: int, slot: int, paths: Sequence[PathWindow], *,
-                 dead_timeout: float = 10.0, now: float = 0.0) -> None:
+                 dead_timeout: float = 10.0, give_up: float | None = 0.0,
+                 now: float = 0.0) -> None:
         if not paths:
             raise ValueError("a session needs at least one path")
         self.shelf, self.slot = shelf, slot
         self.dead_timeout = dead_timeout
+        # Recovery. After a death, I/O fails at once (``dead`` says why) while Query
+        # Config probes go out, backing off; when the target answers, an IDENTIFY checks
+        # that it is the same device (``identity``: serial, sectors) before I/O resumes.
+        # ``give_up``: seconds of probing before the session ends (None: never; 0: at death).
+        self.give_up = give_up
+        self.identity: tuple[str, int] | None = None
+        self.dead: InitiatorError | None = None
+        self.dead_at = 0.0
+        self.revivals = 0  # times the target came back
+        self._revive_at = INF
+        self._revive_step = REVIVE_FIRST
+        self._check: Request | None = None  # the IDENTIFY of a target that answered again
         self.paths: list[PathWindow] = list(paths)
         self._rx_ok = fp.answer_key(shelf, slot)
         self.tags: dict[int, InFlight] = {}
@@ -249,6 +264,7 @@ class SessionCore:
         without touching their outcome; requests already completed stay in completed."""
         reqs: dict[int, Request] = {}
         for frame in self.tags.values():
+            frame.done = True  # never resent: a session that goes on may still look at it
             reqs.setdefault(id(frame.req), frame.req)
         for req in self.pending:
             reqs.setdefault(id(req), req)
@@ -257,7 +273,8 @@ class SessionCore:
         for p in self.paths:
             p.outstanding = 0
             p.budget.outstanding = 0
-        self.next_check = INF
+            p.txq.clear()
+        self.next_check = self._revive_at  # INF unless probing for a dead target
         return list(reqs.values())
 
     # --- sending ----------------------------------------------------------------------
@@ -580,6 +597,8 @@ class SessionCore:
                     if p.io is port and p.target_mac == src:
                         p.last_probe_rx = now
                         p.on_alive(now)
+                if self.dead is not None and self._check is None:
+                    self._check_identity(now)
             return
         if command != Command.ATA:
             return
@@ -658,10 +677,34 @@ class SessionCore:
         Returns the Query Config probes to send now (path, frame) and, when the target
         has been silent for ``dead_timeout`` with work outstanding, the error every
         waiting request is to fail with (the caller ends the session with it)."""
+        probes: list[tuple[PathWindow, bytes]] = []
+        if self.dead is not None and now >= self._revive_at:
+            if self.give_up is not None and now - self.dead_at >= self.give_up:
+                self.next_check = INF
+                return probes, self._given_up(now)
+            probes.extend((path, self._probe(path)) for path in self.paths)
+            self._revive_step = min(self._revive_step * 2, REVIVE_MAX)
+            self._revive_at = now + self._revive_step
+        late, next_check, oldest = self._overdue(now)
+        if oldest != INF:
+            silent = now - max(self.last_rx, oldest)
+            if silent >= self.dead_timeout:
+                if self.dead is not None:  # the identity check went unanswered
+                    self.next_check = self._revive_at
+                    return probes, self.dead
+                return probes, self._declare_dead(now, silent)
+            next_check = min(next_check, max(self.last_rx, oldest) + self.dead_timeout)
+        next_check = min(next_check, self._retransmit(late, now))
+        next_check = min(next_check, self._probe_down_paths(now, probes))
+        self.next_check = min(next_check, self._revive_at)
+        return probes, None
+
+    def _overdue(self, now: float) -> tuple[list[InFlight], float, float]:
+        """The frames whose RTO has run out, when the next one will, and the first send
+        time of the oldest frame in flight."""
         next_check = INF
         oldest = INF
         late: list[InFlight] = []
-        probes: list[tuple[PathWindow, bytes]] = []
         for tag, frame in self.tags.items():
             if tag != frame.tag:
                 continue
@@ -672,12 +715,12 @@ class SessionCore:
                 next_check = due
             if frame.first < oldest:
                 oldest = frame.first
-        if oldest != INF:
-            silent = now - max(self.last_rx, oldest)
-            if silent >= self.dead_timeout:
-                self.next_check = INF
-                return probes, self._dead_error(now, silent)
-            next_check = min(next_check, max(self.last_rx, oldest) + self.dead_timeout)
+        return late, next_check, oldest
+
+    def _retransmit(self, late: list[InFlight], now: float) -> float:
+        """Back off the paths that timed out (down after enough in a row) and send the late
+        frames again; returns when the earliest of them falls due."""
+        next_check = INF
         for path in {f.path for f in late}:
             path.on_timeouts()
             path.recover = path.pseq
@@ -691,14 +734,80 @@ class SessionCore:
             self._transmit(frame, target, now)
             if now + target.rto < next_check:
                 next_check = now + target.rto
+        return next_check
+
+    def _probe_down_paths(self, now: float, probes: list[tuple[PathWindow, bytes]]) -> float:
+        """Add a Query Config probe for each down path that is due one (while the target as
+        a whole is alive); returns when the next is due."""
+        next_check = INF
+        if self.dead is not None:
+            return next_check
         for path in self.paths:
             if path.down:
                 if path.next_probe <= now:
                     probes.append((path, self._probe(path)))
                     path.next_probe = now + PROBE_INTERVAL
                 next_check = min(next_check, path.next_probe)
-        self.next_check = next_check
-        return probes, None
+        return next_check
+
+    # --- recovery -------------------------------------------------------------------------
+    def _declare_dead(self, now: float, silent: float) -> InitiatorError:
+        """The target stopped answering: the error the waiting requests fail with. Unless
+        the session is to end now (give_up 0), probing for its return starts."""
+        error = self._dead_error(now, silent)
+        if self.give_up is not None and self.give_up <= 0:
+            self.next_check = INF
+            return error
+        self.dead, self.dead_at = error, now
+        self._revive_step = REVIVE_FIRST
+        self._revive_at = now + REVIVE_FIRST
+        self.next_check = self._revive_at
+        log.warning("target %s did not answer for %.1f s: its I/O fails until it is back; "
+                    "probing for it", self.address, silent)
+        return error
+
+    def _given_up(self, now: float) -> InitiatorError:
+        return TargetDeadError(
+            f"target {self.address} did not come back within {now - self.dead_at:.1f} s "
+            f"of probing: giving up ({self.dead})")
+
+    def _check_identity(self, now: float) -> None:
+        """A dead target answers Query Config again: IDENTIFY it before trusting it."""
+        page = bytearray(SECTOR_SIZE)
+        req = Request(AtaOpcode.IDENTIFY_DEVICE, 0, 0, 1, memoryview(page),
+                      on_done=lambda r: self._identified(r, page))
+        self._check = req
+        self.last_rx = now  # the dead clock of the check starts now
+        self.submit(req)
+
+    def _identified(self, req: Request, page: bytearray) -> None:
+        """The IDENTIFY of a returning target is back: resume if it is the same device."""
+        self._check = None
+        if req.error is not None or self.dead is None:
+            return
+        from ..protocol import DecodeError, parse_identify
+
+        try:
+            ident = parse_identify(page)
+        except DecodeError as exc:
+            log.warning("target %s answers again but its IDENTIFY page is bad (%s): "
+                        "not resuming", self.address, exc)
+            return
+        seen = (ident.serial, ident.sectors)
+        if self.identity is not None and seen != self.identity:
+            log.warning("target %s answers again but is another device (serial %r, %d "
+                        "sectors; this session's is serial %r, %d sectors): refused, "
+                        "its I/O keeps failing", self.address, *seen, *self.identity)
+            return
+        down_for = self.last_rx - self.dead_at
+        self.dead = None
+        self.revivals += 1
+        self._revive_at = INF
+        for p in self.paths:
+            p.down = False
+            p.timeouts_in_row = 0
+        log.warning("target %s is back after %.1f s (serial %r): I/O resumes", self.address,
+                    down_for, ident.serial)
 
     def _probe(self, path: PathWindow) -> bytes:
         """Directed Query Config on a path marked down: its answer brings the path back."""

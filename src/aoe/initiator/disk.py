@@ -89,6 +89,7 @@ class AoeDisk:
         *,
         timeout: float = 1.0,
         dead_timeout: float = 10.0,
+        give_up: float | None = 0.0,
         read_only: bool = False,
         lba48: bool | None = None,
         min_rto: float = 0.02,
@@ -100,9 +101,12 @@ class AoeDisk:
         paths and size, and start a session.
 
         ``timeout`` bounds discovery; ``dead_timeout`` is how long the target may stay
-        silent on every path before I/O fails with TargetDeadError. ``lba48`` forces the
-        addressing mode (default: LBA48 whenever the device supports it). ``max_window``
-        and ``frame_sectors`` cap the window and frame size below what is negotiated.
+        silent on every path before I/O fails with TargetDeadError. After that the session
+        keeps probing for the target for ``give_up`` seconds (None: for ever; 0: it ends
+        at once), and I/O resumes when the same device (IDENTIFY serial and size) answers.
+        ``lba48`` forces the addressing mode (default: LBA48 whenever the device supports
+        it). ``max_window`` and ``frame_sectors`` cap the window and frame size below what
+        is negotiated.
         """
         check_root()
         names = resolve_interfaces(ifaces)
@@ -124,6 +128,7 @@ class AoeDisk:
                 info,
                 ports,
                 dead_timeout=dead_timeout,
+                give_up=give_up,
                 min_rto=min_rto,
                 max_rto=max_rto,
                 max_window=max_window,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 from ..net.mmsg import FrameBatch, GatherBatch
 from ..net.rawsock import RawSocket
-from ..protocol import SECTOR_SIZE, AtaFlag, AtaOpcode
+from ..protocol import SECTOR_SIZE, AtaFlag, AtaOpcode, DecodeError, parse_identify
 from ..protocol.constants import ATA_HEADER_LEN
 from .core import BATCH, INF, TX_HEAD, Request, SessionCore, SessionStats
 from .discovery import TargetInfo
@@ -71,6 +71,7 @@ class Session:
         *,
         lba48: bool = True,
         dead_timeout: float = 10.0,
+        give_up: float | None = 0.0,
         min_rto: float = 0.02,
         max_rto: float = 1.0,
         max_window: int | None = None,
@@ -113,7 +114,7 @@ class Session:
             path.io, path.tx = pio, pio.tx
             self.paths.append(path)
         self.core = SessionCore(self.shelf, self.slot, self.paths,
-                                dead_timeout=dead_timeout, now=now)
+                                dead_timeout=dead_timeout, give_up=give_up, now=now)
         self._incoming: deque[Request] = deque()
         self._lock = threading.Lock()
         self._failure: InitiatorError | None = None
@@ -174,6 +175,9 @@ class Session:
         with self._lock:
             if self._failure is not None:
                 raise self._failure
+            dead = self.core.dead
+            if dead is not None:  # until the target is back (the core probes for it)
+                raise dead
             if self._closing:
                 raise DiskClosedError(f"AoE session {self.address} is closed")
             self._incoming.append(req)
@@ -230,6 +234,13 @@ class Session:
         """The device's IDENTIFY page, fetched through the session."""
         page = bytearray(SECTOR_SIZE)
         self.execute(Request(AtaOpcode.IDENTIFY_DEVICE, 0, 0, 1, memoryview(page)))
+        if self.core.identity is None:  # the device this session serves, from now on
+            try:
+                ident = parse_identify(page)
+            except DecodeError:
+                pass  # the caller reports a bad page
+            else:
+                self.core.identity = (ident.serial, ident.sectors)
         return bytes(page)
 
     def close(self) -> None:
@@ -252,6 +263,7 @@ class Session:
             self._loop()
             reason: InitiatorError = DiskClosedError(f"AoE session {self.address} was closed")
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
+            log.error("AoE session %s failed", self.address, exc_info=True)
             reason = InitiatorError(f"AoE session {self.address} failed: {exc!r}")
         self._fail_everything(reason)
 
@@ -299,16 +311,20 @@ class Session:
                 self._on_timer(now)
 
     def _on_timer(self, now: float) -> None:
-        """Let the core run its timers; send the probes it asks for; end the session if
-        it found the target dead."""
-        probes, dead = self.core.on_timer(now)
+        """Let the core run its timers; send the probes it asks for; fail the I/O of a dead
+        target (all of it once the core gives up on it)."""
+        core = self.core
+        probes, dead = core.on_timer(now)
         for path, frame in probes:
             try:
                 path.io.port.send(frame)
             except OSError:
                 path.send_errors += 1
         if dead is not None:
-            self._fail_everything(dead)
+            if dead is core.dead:  # I/O fails while the core probes for it
+                self._fail_requests(dead)
+            else:
+                self._fail_everything(dead)
 
     def _receive(self, pio: _PortIO, now: float) -> int:
         """Take every waiting frame from one port, a batch per system call, into the core;
@@ -336,6 +352,20 @@ class Session:
     def _release_completed(self) -> None:
         for req in self.core.take_completed():
             req.finish()
+
+    def _fail_requests(self, exc: InitiatorError) -> None:
+        """Fail what is queued and in flight, but keep the session (a dead target)."""
+        with self._lock:
+            waiting = list(self._incoming)
+            self._incoming.clear()
+        reqs: dict[int, Request] = {id(r): r for r in waiting}
+        for req in self.core.fail_all():
+            reqs.setdefault(id(req), req)
+        for req in reqs.values():
+            if req.error is None:
+                req.error = exc
+                req.finish()
+        self._release_completed()
 
     def _fail_everything(self, exc: InitiatorError) -> None:
         with self._lock:

@@ -56,14 +56,19 @@ def lab_group() -> None:
               help="Create this many hosts named h1..hN instead.")
 @click.option("--cable", "cables", multiple=True, metavar="A:B",
               help="Join two hosts (repeatable). Default: a chain in host order.")
-@click.option("--mtu", type=click.IntRange(68, 65535), default=1500, show_default=True)
+@click.option("--mtu", type=click.IntRange(68, 65535), default=1500, show_default=True,
+              help="MTU of every cable end, in bytes (9000 for jumbo frames).")
 @click.option("--rate", help="Shape every cable, e.g. 1gbit or 100mbit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the lab description as JSON.")
 @_prefix_option
 def lab_up(name: str | None, hosts: tuple[str, ...], count: int | None,
            cables: tuple[str, ...], mtu: int, rate: str | None, as_json: bool,
            prefix: str) -> None:
-    """Create a lab that stays up until `aoe lab down`."""
+    """Create a lab that stays up until `aoe lab down`.
+
+    \b
+    Example:  aoe lab up --name demo --hosts 2 --mtu 9000 --rate 1gbit
+    """
     _need_root()
     if hosts and count:
         raise click.BadParameter("give --host names or --hosts N, not both", param_hint="--hosts")
@@ -126,10 +131,14 @@ def _check_free(name: str, prefix: str) -> None:
 
 
 @lab_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the labs as JSON.")
 @_prefix_option
 def lab_list(as_json: bool, prefix: str) -> None:
-    """Show saved labs and any stray lab namespaces."""
+    """Show saved labs and any stray lab namespaces.
+
+    \b
+    Example:  aoe lab list --json
+    """
     saved = registry.all_saved()
     known = {ns for s in saved for ns in s.hosts.values()}
     stray = [ns for ns in list_netns(prefix) if ns not in known] if prefix else []
@@ -154,7 +163,11 @@ def lab_list(as_json: bool, prefix: str) -> None:
               help="Remove every saved lab and every namespace named PREFIX*.")
 @_prefix_option
 def lab_down(name: str | None, everything: bool, prefix: str) -> None:
-    """Remove a lab (its namespaces and what runs in them)."""
+    """Remove a lab (its namespaces and what runs in them).
+
+    \b
+    Example:  aoe lab down demo
+    """
     _need_root()
     if bool(name) == everything:
         raise click.UsageError("give a lab NAME or --all")
@@ -174,10 +187,24 @@ def lab_down(name: str | None, everything: bool, prefix: str) -> None:
 @lab_group.command("exec", context_settings={"ignore_unknown_options": True,
                                              "allow_interspersed_args": False})
 @click.option("--lab", "lab_name", help="Lab of the host (or write LAB/HOST).")
+@click.option("--private-mounts", is_flag=True,
+              help="Also give the command a mount namespace of its own with the host's "
+                   "/sys (as `ip netns exec` does). Mounts it makes (aoe mount) are then "
+                   "invisible outside it. Default: enter only the network namespace "
+                   "(as `nsenter --net` does).")
 @click.argument("host")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def lab_exec(lab_name: str | None, host: str, argv: tuple[str, ...]) -> None:
-    """Run a command inside a lab host: aoe lab exec HOST -- CMD [ARGS]."""
+def lab_exec(lab_name: str | None, private_mounts: bool, host: str,
+             argv: tuple[str, ...]) -> None:
+    """Run a command inside a lab host's network namespace.
+
+    Only the network namespace is entered, so a FUSE mount the command makes (aoe mount)
+    is visible to every process and `fusermount3 -u` works from anywhere.
+
+    \b
+    Example:  aoe lab exec h2 -- aoe mount 1.0 /mnt/aoe
+              aoe lab exec --private-mounts h2 -- cat /sys/class/net/eth0/mtu
+    """
     _need_root()
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -188,7 +215,7 @@ def lab_exec(lab_name: str | None, host: str, argv: tuple[str, ...]) -> None:
         if not namespace_exists(ns):
             raise LabError(f"namespace {ns} is gone; recreate the lab")
     fd = os.open(netns_path(ns), os.O_RDONLY)
-    enter_for_exec(fd, private_sysfs=True)
+    enter_for_exec(fd, private_sysfs=private_mounts)
     os.close(fd)
     sys.stdout.flush()
     try:
@@ -214,20 +241,29 @@ def _time_option(name: str, help_text: str) -> Callable[[F], F]:
 @click.argument("port_b")
 @click.option("--in", "where", metavar="[LAB/]HOST",
               help="Run inside this lab host (default: the current namespace).")
-@click.option("--drop", type=click.FloatRange(0, 1), default=0.0, help="Drop rate (0..1).")
-@click.option("--duplicate", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--reorder", type=click.FloatRange(0, 1), default=0.0)
-@click.option("--corrupt", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--drop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of frames dropped (0..1).")
+@click.option("--duplicate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of frames sent twice (0..1).")
+@click.option("--reorder", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of frames held back until the next one has gone out (0..1).")
+@click.option("--corrupt", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of frames with one byte flipped after the Ethernet header (0..1).")
 @_time_option("--delay", "Delay per frame, e.g. 5ms.")
 @_time_option("--jitter", "Uniform ± jitter on the delay, e.g. 2ms.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed of the impairments (the same seed repeats a run).")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many seconds (default: until Ctrl-C / SIGTERM).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
 def lab_relay(port_a: str, port_b: str, where: str | None, drop: float, duplicate: float,
               reorder: float, corrupt: float, delay: float, jitter: float, seed: int,
               duration: float | None, as_json: bool) -> None:
-    """Forward AoE frames between PORT_A and PORT_B, impaired; print counters at the end."""
+    """Forward AoE frames between PORT_A and PORT_B, impaired; print counters at the end.
+
+    \b
+    Example:  aoe lab relay r0 r1 --in demo/relay --drop 0.01 --delay 2ms --seed 7
+    """
     from aoe.lab.relay import Relay
 
     with _clear_errors():
@@ -283,9 +319,13 @@ def link_group() -> None:
 @link_group.command("show")
 @click.argument("iface")
 @_netns_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the interface as JSON.")
 def link_show(iface: str, where: str | None, as_json: bool) -> None:
-    """Show an interface: state, MTU, max MTU, MAC."""
+    """Show an interface: state, MTU, max MTU, MAC.
+
+    \b
+    Example:  aoe link show eth0 --in demo/h1
+    """
     from aoe.net.link import link_info
 
     with _clear_errors(), _in_place(where):
@@ -296,7 +336,11 @@ def link_show(iface: str, where: str | None, as_json: bool) -> None:
 @click.argument("iface")
 @_netns_option
 def link_up_cmd(iface: str, where: str | None) -> None:
-    """Bring an interface up."""
+    """Bring an interface up.
+
+    \b
+    Example:  aoe link up eth0
+    """
     from aoe.net.link import link_up
 
     with _clear_errors(), _in_place(where):
@@ -311,7 +355,11 @@ def link_up_cmd(iface: str, where: str | None) -> None:
               help=f"Allow an MTU below {MIN_MTU}, which cannot carry one sector per frame.")
 def link_mtu_cmd(iface: str, mtu: int, where: str | None, force: bool) -> None:
     """Set an interface's MTU (checked against its maximum): 9000 for jumbo frames, 17
-    sectors per AoE frame; 1500 carries 2."""
+    sectors per AoE frame; 1500 carries 2.
+
+    \b
+    Example:  aoe link mtu eth0 9000
+    """
     from aoe.net.link import set_mtu
 
     if mtu < MIN_MTU and not force:

@@ -99,10 +99,10 @@ def run_demo() -> None:
         _say(f"lab {lab.name}: target:eth0 <-> initiator:eth0, MTU {cable.mtu}")
 
         serve = target.popen(
-            [*aoe, "serve", "eth0", SHELF_SLOT, str(image)], stdout=subprocess.PIPE, text=True
+            [*aoe, "serve", SHELF_SLOT, str(image), "-i", "eth0"], stdout=subprocess.PIPE, text=True
         )
         _wait_ready(serve)
-        _say(f"target: aoe serve eth0 {SHELF_SLOT} {image.name} (pid {serve.pid}) is ready")
+        _say(f"target: aoe serve {SHELF_SLOT} {image.name} -i eth0 (pid {serve.pid}) is ready")
 
         _say("initiator: aoe discover -i eth0")
         found = initiator.run(

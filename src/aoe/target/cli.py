@@ -7,13 +7,15 @@ import logging
 import os
 import resource
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from ..cli_types import ADDRESS, MAC, SIZE
+from ..cli_types import MAC, SIZE, address_or_fail, deprecated_form, iface_option
 from ..protocol.mac import format_mac
+from ..stopsignals import StopSignalRecorder, exit_on_signal
 from .config import ConfigError, ServeConfig, load_config
 from .control import ControlError, ControlServer, default_socket_path
 from .counters import Counters
@@ -59,16 +61,19 @@ def _print_counters(counters: Counters, as_json: bool) -> None:
 
 
 @click.command("serve")
-@click.argument("iface", required=False)
-@click.argument("address", required=False, type=ADDRESS, metavar="[SHELF.SLOT]")
-@click.argument("file", required=False, metavar="[FILE]")
+@click.argument("args", nargs=-1, metavar="[SHELF.SLOT FILE]")
+@iface_option("Interface to serve on (repeatable). Default: every Ethernet interface "
+              "that is up.")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML file describing many exports and interfaces.")
-@click.option("--mtu", type=click.IntRange(68, 65535), help="Set this MTU on the interfaces.")
+@click.option("--mtu", type=click.IntRange(68, 65535),
+              help="Set this MTU (bytes) on the interfaces (default: leave it as it is).")
 @click.option("--offset", type=SIZE, default=0, show_default=True,
-              help="Export starts this many bytes into FILE (multiple of 512).")
+              help="Export starts this many bytes into FILE (multiple of 512; K, M, G "
+                   "mean KiB, MiB, GiB).")
 @click.option("--length", type=SIZE, default=None,
-              help="Export this many bytes (default: to the end of FILE).")
+              help="Export this many bytes (K, M, G mean KiB, MiB, GiB; default: to the end "
+                   "of FILE).")
 @click.option("-r", "--read-only", is_flag=True, help="Refuse writes (ATA abort).")
 @click.option("--direct", is_flag=True, help="Open FILE with O_DIRECT.")
 @click.option("--sync", "sync_", is_flag=True, help="Open FILE with O_SYNC.")
@@ -91,26 +96,28 @@ def _print_counters(counters: Counters, as_json: bool) -> None:
               "[default: /run/pyaoe/serve-PID.sock].")
 @click.option("--json", "as_json", is_flag=True, help="Counters and logs as JSON lines.")
 @click.option("-v", "--verbose", count=True, help="-v: start-up and state changes; -vv: all.")
-def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
+def serve(args: tuple[str, ...], ifaces: tuple[str, ...],
           config_path: str | None, mtu: int | None, offset: int, length: int | None,
           read_only: bool, direct: bool, sync_: bool, config_string: str | None,
           state_dir: str | None, no_announce: bool, batch: int, allow: tuple[bytes, ...],
           keep_state: bool, force: bool, control_path: str | None, as_json: bool,
           verbose: int) -> None:
-    """Serve FILE (a disk image or block device) as AoE target SHELF.SLOT on IFACE.
+    """Serve FILE (a disk image or block device) as AoE target SHELF.SLOT.
 
     \b
-    One export:    aoe serve eth0 1.0 disk.img
+    Example:       aoe serve 1.0 disk.img -i eth0
     Many exports:  aoe serve -c exports.toml
+    (The old form `aoe serve eth0 1.0 disk.img` still works.)
 
-    Runs in the foreground until SIGINT or SIGTERM; SIGHUP re-reads --config and applies
-    the difference; SIGUSR1 prints the counters, which are printed again on exit.
-    `aoe status` and `aoe ctl` reach it through its control socket.
+    Runs in the foreground until SIGINT or SIGTERM (exit status 130 or 143); SIGHUP
+    re-reads --config and applies the difference; SIGUSR1 prints the counters, which are
+    printed again on exit. `aoe status` and `aoe ctl` reach it through its control socket.
     """
     setup_logging(verbose, as_json, timestamps=not under_journald())
+    address, file, ifaces = _positional(args, ifaces, config_path is not None)
 
     def configure() -> ServeConfig:
-        cfg = _build_config(iface, address, file, config_path, mtu, offset, length, read_only,
+        cfg = _build_config(ifaces, address, file, config_path, mtu, offset, length, read_only,
                             direct, sync_, config_string, state_dir)
         for spec in cfg.exports:
             if allow and spec.allow is None:
@@ -132,6 +139,7 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
         raise click.ClickException(str(exc)) from None
     control: ControlServer | None = None
     watch: LinkWatch | None = None
+    began = time.monotonic()
     try:
         try:
             control = ControlServer(target, Path(control_path) if control_path
@@ -153,9 +161,10 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
                           lambda name, mtu: target.call_soon(
                               lambda: target.mtu_changed(name, mtu)))
         target.install_signal_handlers(lambda c: _print_counters(c, as_json))
-        _print_ready(target, as_json)
-        notifier.send(ready=1, status=summary(target), mainpid=os.getpid())
-        target.serve_forever()
+        with StopSignalRecorder() as signals:
+            _print_ready(target, as_json)
+            notifier.send(ready=1, status=summary(target), mainpid=os.getpid())
+            target.serve_forever()
     finally:
         notifier.send(stopping=1, status="stopping")
         if control is not None:
@@ -165,6 +174,9 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
         target.close()
         _print_counters(counters, as_json)
         notifier.close()
+    if signals.signum is not None:
+        exit_on_signal(signals.signum,
+                       f"after serving for {time.monotonic() - began:.1f} s; exports closed")
 
 
 def _raise_file_limit(exports: int) -> None:
@@ -206,13 +218,29 @@ def _print_ready(target: Target, as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def _build_config(iface: str | None, address: tuple[int, int] | None, file: str | None,
+def _positional(args: tuple[str, ...], ifaces: tuple[str, ...], with_config: bool,
+                ) -> tuple[tuple[int, int] | None, str | None, tuple[str, ...]]:
+    """SHELF.SLOT FILE (interfaces from -i), or the old IFACE SHELF.SLOT FILE."""
+    if not args:
+        return None, None, ifaces
+    if with_config:
+        raise click.UsageError("give either SHELF.SLOT FILE or --config, not both")
+    if len(args) == 3:
+        deprecated_form("aoe serve IFACE SHELF.SLOT FILE", "aoe serve SHELF.SLOT FILE -i IFACE")
+        return address_or_fail(args[1], "SHELF.SLOT"), args[2], (args[0], *ifaces)
+    if len(args) != 2:
+        raise click.UsageError("need SHELF.SLOT FILE (e.g. aoe serve 1.0 disk.img -i eth0) "
+                               "or --config FILE")
+    return address_or_fail(args[0], "SHELF.SLOT"), args[1], ifaces
+
+
+def _build_config(ifaces: tuple[str, ...], address: tuple[int, int] | None, file: str | None,
                   config_path: str | None, mtu: int | None, offset: int, length: int | None,
                   read_only: bool, direct: bool, sync_: bool, config_string: str | None,
                   state_dir: str | None) -> ServeConfig:
     if config_path is not None:
-        if iface or address or file:
-            raise click.UsageError("give either IFACE SHELF.SLOT FILE or --config, not both")
+        if ifaces:
+            raise click.UsageError("with --config the interfaces come from the file, not -i")
         try:
             cfg = load_config(config_path)
         except ConfigError as exc:
@@ -225,9 +253,15 @@ def _build_config(iface: str | None, address: tuple[int, int] | None, file: str 
         elif cfg.state_dir is None:
             cfg.state_dir = DEFAULT_STATE_DIR
         return cfg
-    if not (iface and address and file):
-        raise click.UsageError("need IFACE SHELF.SLOT FILE (e.g. aoe serve eth0 1.0 disk.img) "
+    if not (address and file):
+        raise click.UsageError("need SHELF.SLOT FILE (e.g. aoe serve 1.0 disk.img -i eth0) "
                                "or --config FILE")
+    if not ifaces:
+        from ..initiator.ports import default_interfaces
+
+        ifaces = tuple(default_interfaces())
+        if not ifaces:
+            raise click.UsageError("no Ethernet interface is up here: name one with -i IFACE")
     if not Path(file).exists():
         raise click.BadParameter(f"{file}: no such file or device", param_hint="FILE")
     cfg_bytes = None
@@ -238,4 +272,5 @@ def _build_config(iface: str | None, address: tuple[int, int] | None, file: str 
     spec = ExportSpec(shelf=address[0], slot=address[1], path=file, offset=offset,
                       length=length, read_only=read_only, direct=direct, sync=sync_,
                       config=cfg_bytes)
-    return ServeConfig([spec], [InterfaceSpec(iface, mtu)], state_dir or DEFAULT_STATE_DIR)
+    return ServeConfig([spec], [InterfaceSpec(name, mtu) for name in dict.fromkeys(ifaces)],
+                       state_dir or DEFAULT_STATE_DIR)
