@@ -65,11 +65,11 @@ def config_cmd(address: tuple[int, int], action: str | None, text: str | None,
     """Read the config string of SHELF.SLOT, or set / test / prefix / force it.
 
     \b
-    aoe config 1.0                 read it (from every MAC that answers)
-    aoe config 1.0 set "rack 3"    set it if it is empty
-    aoe config 1.0 force "rack 3"  set it even if it is not
-    aoe config 1.0 test "rack 3"   exit 0 only if it is exactly that
-    aoe config 1.0 prefix "rack"   exit 0 only if it starts with that
+    Example:  aoe config 1.0 -i eth0           read it (from every MAC that answers)
+              aoe config 1.0 set "rack 3"      set it if it is empty
+              aoe config 1.0 force "rack 3"    set it even if it is not
+              aoe config 1.0 test "rack 3"     exit 0 only if it is exactly that
+              aoe config 1.0 prefix "rack"     exit 0 only if it starts with that
     """
     if action is not None and text is None:
         raise click.UsageError(f"{action} needs a STRING")
@@ -100,7 +100,11 @@ def mask_cmd(address: tuple[int, int], action: str | None, macs: tuple[bytes, ..
              ifaces: tuple[str, ...], timeout: float) -> None:
     """Read the MAC mask list of SHELF.SLOT, or add / del MACs (empty list: everyone).
 
-    Adding a MAC other than this host's locks this host out."""
+    Adding a MAC other than this host's locks this host out.
+
+    \b
+    Example:  aoe mask 1.0 add 02:00:00:00:00:01 -i eth0
+    """
     if action and not macs:
         raise click.UsageError(f"{action} needs at least one MAC")
     if macs and not action:
@@ -128,7 +132,12 @@ def mask_cmd(address: tuple[int, int], action: str | None, macs: tuple[bytes, ..
 @_options()
 def reserve_cmd(address: tuple[int, int], macs: tuple[bytes, ...], release: bool, force: bool,
                 ifaces: tuple[str, ...], timeout: float) -> None:
-    """Read the reserve list of SHELF.SLOT, reserve it for MACs, or --release it."""
+    """Read the reserve list of SHELF.SLOT, reserve it for MACs, or --release it.
+
+    \b
+    Example:  aoe reserve 1.0 02:00:00:00:00:01 -i eth0
+              aoe reserve 1.0 --release -i eth0
+    """
     if release and macs:
         raise click.UsageError("give MACs or --release, not both")
     wanted: list[bytes] | None = [] if release else (list(macs) if macs else None)
@@ -147,7 +156,11 @@ def reserve_cmd(address: tuple[int, int], macs: tuple[bytes, ...], release: bool
 @click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
 @_options(default_timeout=10.0)
 def flush_cmd(address: tuple[int, int], ifaces: tuple[str, ...], timeout: float) -> None:
-    """Ask SHELF.SLOT to put every acknowledged write on stable storage (FLUSH CACHE)."""
+    """Ask SHELF.SLOT to put every acknowledged write on stable storage (FLUSH CACHE).
+
+    \b
+    Example:  aoe flush 1.0 -i eth0
+    """
     with _one_line_errors():
         answers = admin.flush(ifaces or None, address, timeout)
     _fail_if_any(answers, "flush")

@@ -72,9 +72,15 @@ def format_status(path: Path, st: dict[str, Any]) -> str:
 @click.option("-s", "--socket", "sockets", multiple=True, metavar="PATH", help=_SOCKET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--watch", is_flag=True, help="Print again every --interval seconds.")
-@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True)
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True,
+              help="Seconds between two prints with --watch.")
 def status(sockets: tuple[str, ...], as_json: bool, watch: bool, interval: float) -> None:
-    """Show a running target: exports, counters, initiators seen, masks, reservations."""
+    """Show a running target: exports, counters, initiators seen, masks, reservations.
+
+    \b
+    Example:  aoe status
+              aoe status --watch --interval 2
+    """
     while True:
         found = _statuses(sockets)
         if as_json:
@@ -136,7 +142,11 @@ def mask() -> None:
 @click.argument("macs", type=MAC, nargs=-1, required=True, metavar="MAC...")
 @click.pass_obj
 def mask_add(sockets: tuple[str, ...], address: tuple[int, int], macs: tuple[bytes, ...]) -> None:
-    """Allow MAC on SHELF.SLOT."""
+    """Allow MAC on SHELF.SLOT.
+
+    \b
+    Example:  aoe ctl mask add 1.0 02:00:00:00:00:01
+    """
     for m in macs:
         _send(sockets, {"op": "mask", "action": "add", "export": _name(address), "mac": m.hex()})
 
@@ -146,7 +156,11 @@ def mask_add(sockets: tuple[str, ...], address: tuple[int, int], macs: tuple[byt
 @click.argument("macs", type=MAC, nargs=-1, required=True, metavar="MAC...")
 @click.pass_obj
 def mask_del(sockets: tuple[str, ...], address: tuple[int, int], macs: tuple[bytes, ...]) -> None:
-    """Remove MAC from the mask list of SHELF.SLOT."""
+    """Remove MAC from the mask list of SHELF.SLOT.
+
+    \b
+    Example:  aoe ctl mask del 1.0 02:00:00:00:00:01
+    """
     for m in macs:
         _send(sockets, {"op": "mask", "action": "del", "export": _name(address), "mac": m.hex()})
 
@@ -155,7 +169,11 @@ def mask_del(sockets: tuple[str, ...], address: tuple[int, int], macs: tuple[byt
 @click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
 @click.pass_obj
 def mask_clear(sockets: tuple[str, ...], address: tuple[int, int]) -> None:
-    """Empty the mask list of SHELF.SLOT (open to every initiator)."""
+    """Empty the mask list of SHELF.SLOT (open to every initiator).
+
+    \b
+    Example:  aoe ctl mask clear 1.0
+    """
     _send(sockets, {"op": "mask", "action": "clear", "export": _name(address)})
 
 
@@ -168,7 +186,11 @@ def reserve() -> None:
 @click.argument("address", type=ADDRESS, metavar="SHELF.SLOT")
 @click.pass_obj
 def reserve_clear(sockets: tuple[str, ...], address: tuple[int, int]) -> None:
-    """Drop the reservation of SHELF.SLOT (e.g. after its holder died)."""
+    """Drop the reservation of SHELF.SLOT (e.g. after its holder died).
+
+    \b
+    Example:  aoe ctl reserve clear 1.0
+    """
     _send(sockets, {"op": "reserve_clear", "export": _name(address)})
 
 
@@ -182,5 +204,9 @@ def config() -> None:
 @click.argument("value")
 @click.pass_obj
 def config_set(sockets: tuple[str, ...], address: tuple[int, int], value: str) -> None:
-    """Set the config string of SHELF.SLOT (replacing any)."""
+    """Set the config string of SHELF.SLOT (replacing any).
+
+    \b
+    Example:  aoe ctl config set 1.0 "rack 3"
+    """
     _send(sockets, {"op": "config_set", "export": _name(address), "value": value})

@@ -83,7 +83,11 @@ def systemd_group() -> None:
 @click.option("--dir", "unit_dir", type=click.Path(file_okay=False), default=str(UNIT_DIR),
               show_default=True, help="Where to write the units.")
 def install_cmd(unit_dir: str) -> None:
-    """Write aoe-serve.service and aoe-serve@.service (then: systemctl daemon-reload)."""
+    """Write aoe-serve.service and aoe-serve@.service (then: systemctl daemon-reload).
+
+    \b
+    Example:  aoe systemd install && systemctl daemon-reload
+    """
     try:
         paths = install(Path(unit_dir))
     except OSError as exc:
@@ -96,6 +100,10 @@ def install_cmd(unit_dir: str) -> None:
 
 @systemd_group.command("show")
 def show_cmd() -> None:
-    """Print the units."""
+    """Print the units.
+
+    \b
+    Example:  aoe systemd show
+    """
     for name, text in units(aoe_executable()).items():
         click.echo(f"# {name}\n{text}")
