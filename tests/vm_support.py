@@ -1,0 +1,92 @@
+"""Helpers for the tests that boot a real kernel (aoe.lab.vm): the skip rule, images with
+known content, starting targets on the guest's tap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aoe.lab import Host
+from aoe.lab.vm import unavailable_reason
+from aoe.target.export import ExportSpec, state_file_name
+
+AOE_BIN = str(Path(sys.executable).with_name("aoe"))
+PYTHON = sys.executable
+
+
+def require_vm() -> None:
+    """Skip without root (no namespaces); otherwise a missing qemu or kernel is a failure:
+    scripts/setup.sh installs them, and these tests must run wherever the suite runs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"cannot boot a guest: {reason}", pytrace=False)
+
+
+def random_image(path: Path, size: int, seed: str) -> str:
+    """A file of `size` pseudo-random bytes (reproducible from seed); returns its sha256."""
+    out = bytearray()
+    block = hashlib.sha256(seed.encode()).digest()
+    while len(out) < size:
+        block = hashlib.sha512(block).digest()
+        out += block * 64
+    data = bytes(out[:size])
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_mask(state_dir: Path, shelf: int, slot: int, image: Path, macs: list[str]) -> None:
+    """Give an export a MAC mask list before `aoe serve` starts, through its persistent
+    state (what a Mac Mask List command would have saved)."""
+    spec = ExportSpec(shelf=shelf, slot=slot, path=str(image))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / state_file_name(spec)).write_text(json.dumps({"version": 1, "masks": macs}))
+
+
+def start_serve(host: Host, argv: list[str], ready: str = "serving") -> subprocess.Popen[str]:
+    """Start `aoe serve ...` in host and wait until it says it serves (or fail with its
+    output)."""
+    proc = host.popen([AOE_BIN, "serve", "-v", *argv], stdout=subprocess.PIPE,
+                      stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    seen = []
+    while time.monotonic() < deadline:
+        if not select.select([proc.stdout], [], [], 0.5)[0]:
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if ready in line:
+            return proc
+    host.lab.kill(proc)
+    raise AssertionError("aoe serve did not start:\n" + "".join(seen))
+
+
+def fsck(image: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["fsck.ext4", "-n", "-f", str(image)], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def debugfs_cat(image: Path, name: str) -> bytes:
+    done = subprocess.run(["debugfs", "-R", f"cat {name}", str(image)], capture_output=True,
+                          timeout=60, check=True)
+    return done.stdout
