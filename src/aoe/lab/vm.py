@@ -24,13 +24,11 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-
-from pyroute2 import IPRoute
 
 if TYPE_CHECKING:
     from aoe.lab.host import Host
@@ -188,12 +186,13 @@ _INIT = r"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
-for m in $(/bin/busybox cat /modules.order); do
-  /bin/busybox insmod "/modules/$m" $(/bin/busybox grep "^${m%.ko} " /modules.args | /bin/busybox cut -d' ' -f2-) \
-    || echo "@@pyaoe-vm insmod-failed $m"
+BB=/bin/busybox
+for m in $($BB cat /modules.order); do
+  args=$($BB grep "^${m%.ko} " /modules.args | $BB cut -d' ' -f2-)
+  $BB insmod "/modules/$m" $args || echo "@@pyaoe-vm insmod-failed $m"
 done
-/bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot \
-  || { echo "@@pyaoe-vm exit 125"; /bin/busybox poweroff -f; }
+opts=trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144
+$BB mount -t 9p -o $opts hostroot /newroot || { echo "@@pyaoe-vm exit 125"; $BB poweroff -f; }
 for d in proc sys dev; do /bin/busybox mount --move /$d /newroot/$d; done
 for d in tmp run var/tmp; do /bin/busybox mount -t tmpfs tmpfs /newroot/$d; done
 /bin/busybox mkdir -p /newroot/dev/pts /newroot/dev/shm
@@ -201,8 +200,9 @@ for d in tmp run var/tmp; do /bin/busybox mount -t tmpfs tmpfs /newroot/$d; done
 /bin/busybox cp -a /vm /newroot/tmp/vm
 /bin/busybox ip link set lo up
 echo "@@pyaoe-vm start"
-/bin/busybox chroot /newroot /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  HOME=/root TERM=dumb /bin/sh -c 'cd /tmp/vm && exec /bin/sh /tmp/vm/script.sh' </dev/console 2>&1
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+$BB chroot /newroot /usr/bin/env -i PATH=$PATH HOME=/root TERM=dumb \
+  /bin/sh -c 'cd /tmp/vm && exec /bin/sh /tmp/vm/script.sh' </dev/console 2>&1
 echo "@@pyaoe-vm exit $?"
 /bin/busybox sync
 /bin/busybox poweroff -f
@@ -247,8 +247,9 @@ class Guest:
         self.tap = tap or f"vmtap{os.getpid() % 100000}x{next(_tap_counter)}"[:15]
         # A locally administered MAC, unique per guest of this process.
         n = next(_tap_counter)
-        self.mac = "52:54:%02x:%02x:%02x:%02x" % (
-            (os.getpid() >> 8) & 0xFF, os.getpid() & 0xFF, (n >> 8) & 0xFF, n & 0xFF)
+        pid = os.getpid()
+        self.mac = "52:54:" + ":".join(f"{b:02x}" for b in ((pid >> 8) & 0xFF, pid & 0xFF,
+                                                             (n >> 8) & 0xFF, n & 0xFF))
         self._proc: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._tap_made = False
@@ -322,10 +323,13 @@ class Guest:
         ]
 
     def run(self, script: str, *, files: Mapping[str, bytes] | None = None,
-            timeout: float = 300.0, boot_timeout: float = 180.0) -> VmResult:
+            timeout: float = 300.0, boot_timeout: float = 180.0,
+            on_line: Callable[[str], None] | None = None) -> VmResult:
         """Boot, run `script` with /bin/sh in the guest (cwd holds `files`), power off.
 
-        The guest's eth0 is up at this guest's MTU before the script starts. Raises
+        The guest's eth0 is up at this guest's MTU before the script starts. `on_line` is
+        called with each line the script prints, as it comes (so a test can act on the
+        host when the guest asks, e.g. stop a target half-way). Raises
         VmError when the guest does not start within boot_timeout or finish within
         timeout; qemu is killed either way.
         """
@@ -343,7 +347,7 @@ class Guest:
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._proc = proc
         try:
-            return self._collect(proc, started, timeout, boot_timeout)
+            return self._collect(proc, started, timeout, boot_timeout, on_line)
         finally:
             self._stop()
 
@@ -357,12 +361,13 @@ class Guest:
             self._workdir = None
 
     def _collect(self, proc: subprocess.Popen[bytes], started: float, timeout: float,
-                 boot_timeout: float) -> VmResult:
+                 boot_timeout: float, on_line: Callable[[str], None] | None) -> VmResult:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         buf = bytearray()
         boot_at: float | None = None
         status: int | None = None
+        seen_lines = 0
         while status is None:
             now = time.monotonic()
             limit = started + boot_timeout if boot_at is None else boot_at + timeout
@@ -382,6 +387,12 @@ class Guest:
             text = buf.decode(errors="replace").replace("\r", "")
             if boot_at is None and START_MARK + "\n" in text:
                 boot_at = time.monotonic()
+            if boot_at is not None and on_line is not None:
+                lines = text.split(START_MARK + "\n", 1)[1].split("\n")[:-1]
+                for line in lines[seen_lines:]:
+                    if not line.startswith(EXIT_MARK):
+                        on_line(line)
+                seen_lines = len(lines)
             at = text.find(EXIT_MARK)
             if at >= 0 and "\n" in text[at:]:
                 status = int(text[at + len(EXIT_MARK):].split("\n", 1)[0])
