@@ -18,9 +18,10 @@ def main() -> None:
 
 
 # --- command registration (one line per area; keep edits minimal) ---
-from .decode_cli import decode  # noqa: E402
+from .capture.cli import decode, ping, sniff  # noqa: E402
 
-main.add_command(decode)
+for _cmd in (decode, sniff, ping):
+    main.add_command(_cmd)
 
 from .lab.cli import lab_group, link_group  # noqa: E402
 
@@ -31,7 +32,7 @@ from .target.cli import serve  # noqa: E402
 
 main.add_command(serve)
 
-from .initiator.commands import copy, discover, info  # noqa: E402
+from .initiator.cli import copy, discover, info  # noqa: E402
 
 main.add_command(discover)
 main.add_command(info)
@@ -42,7 +43,7 @@ from .export.cli import attach, detach, mount, nbd  # noqa: E402
 for _cmd in (mount, nbd, attach, detach):
     main.add_command(_cmd)
 
-from .tools_cli import conformance, fuzz, ping, sniff  # noqa: E402
+from .checks.cli import conformance, fuzz  # noqa: E402
 
-for _cmd in (conformance, fuzz, sniff, ping):
+for _cmd in (conformance, fuzz):
     main.add_command(_cmd)
