@@ -17,7 +17,8 @@ import pytest
 
 from aoe.lab import Lab
 from aoe.lab.vm import Guest, VmResult
-from tests.vm_support import (
+
+from .support.vm import (
     AOE_BIN,
     debugfs_cat,
     fsck,

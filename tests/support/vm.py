@@ -16,7 +16,7 @@ import pytest
 
 from aoe.lab import Host
 from aoe.lab.vm import unavailable_reason
-from aoe.target.export import ExportSpec, state_file_name
+from aoe.target.store import ExportSpec, state_file_name
 
 AOE_BIN = str(Path(sys.executable).with_name("aoe"))
 PYTHON = sys.executable
