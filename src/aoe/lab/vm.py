@@ -14,12 +14,14 @@ print ``@@key=value`` lines; `VmResult.marks` collects them.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import itertools
 import os
 import re
 import select
-import shlex
+import signal
 import struct
 import subprocess
 import tempfile
@@ -50,6 +52,8 @@ TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 class VmError(RuntimeError):
@@ -344,7 +348,8 @@ class Guest:
         Path(initrd).write_bytes(self.initramfs(prologue + script, files))
         started = time.monotonic()
         proc = self.host.popen(self.qemu_argv(initrd), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=_die_with_parent)
         self._proc = proc
         try:
             return self._collect(proc, started, timeout, boot_timeout, on_line)
@@ -412,6 +417,12 @@ class Guest:
         return VmResult(body, status, boot_at - started, end - boot_at, console, marks)
 
 
+def _die_with_parent() -> None:
+    """In qemu before exec: SIGKILL it when the process that started it dies, so a test
+    run killed outright leaves no emulator running."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _persistent_tap(name: str) -> None:
     """Create a persistent tap in the calling thread's network namespace (TUNSETIFF acts
     where the caller is; qemu attaches to it by name later)."""
@@ -426,11 +437,6 @@ def _persistent_tap(name: str) -> None:
 
 def _tail(buf: bytes | bytearray, lines: int = 40) -> str:
     return "\n".join(buf.decode(errors="replace").replace("\r", "").splitlines()[-lines:])
-
-
-def shell_quote(text: str) -> str:
-    """Quote one word for the guest's /bin/sh."""
-    return shlex.quote(text)
 
 
 def run_guest(host: Host, script: str, *, mtu: int = 1500,
