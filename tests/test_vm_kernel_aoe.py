@@ -19,6 +19,7 @@ from aoe.lab import Lab
 from aoe.lab.vm import Guest, VmResult
 
 from .support.vm import (
+    FrameSizes,
     debugfs_cat,
     fsck,
     random_image,
@@ -51,8 +52,7 @@ class KernelRun:
     shas: dict[str, str]
     writes: dict[str, bytes]
     big: bytes
-    serve_log: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    largest_frames: dict[int, int] = field(default_factory=dict)  # shelf -> bytes
 
 
 def _pattern(i: int, size: int) -> bytes:
@@ -131,13 +131,17 @@ def _boot(mtu: int, tmp: Path) -> KernelRun:
             serve = start_serve(host, ["-c", str(config)])
             host.popen(["vblade", "2", "0", guest.tap, str(images["e2.0"])],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            result = guest.run(_guest_script(mtu), files={**writes, "big.bin": big},
-                               timeout=400)
+            sizes = FrameSizes(host, guest.tap)
+            try:
+                result = guest.run(_guest_script(mtu), files={**writes, "big.bin": big},
+                                   timeout=400)
+            finally:
+                largest = sizes.stop()
             lab.kill(serve)
-            log = serve.stdout.read() if serve.stdout else ""
-    print(f"MTU {mtu}: boot {result.boot_seconds:.1f}s, script {result.run_seconds:.1f}s")
+    print(f"MTU {mtu}: boot {result.boot_seconds:.1f}s, script {result.run_seconds:.1f}s, "
+          f"largest frames by shelf {largest}")
     print(result.output)
-    return KernelRun(mtu, result, images, shas, writes, big, log)
+    return KernelRun(mtu, result, images, shas, writes, big, largest)
 
 
 @pytest.fixture(scope="module", params=[1500, 9000], ids=["mtu1500", "mtu9000"])
@@ -162,9 +166,13 @@ def test_kernel_reads_the_whole_disk(kernel_run: KernelRun, target: str) -> None
 
 @pytest.mark.parametrize("target", list(RW))
 def test_kernel_frame_size_follows_the_mtu(kernel_run: KernelRun, target: str) -> None:
-    """1500: 2 sectors per frame; 9000: 17 (8704 bytes after the 36 header bytes)."""
+    """1500: 2 sectors per frame; 9000: 17 (8704 bytes after the 36 header bytes), both in
+    what the driver reports and in the largest frames seen on the cable."""
     expected = 1024 if kernel_run.mtu == 1500 else 8704
-    assert int(kernel_run.result.mark(f"{RW[target]}.maxbcnt")) == expected
+    dev = RW[target]
+    assert int(kernel_run.result.mark(f"{dev}.maxbcnt")) == expected
+    shelf = int(dev[1:].split(".")[0])
+    assert kernel_run.largest_frames.get(shelf) == 36 + expected, kernel_run.largest_frames
 
 
 @pytest.mark.parametrize("target", list(RW))

@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,3 +92,38 @@ def debugfs_cat(image: Path, name: str) -> bytes:
     done = subprocess.run(["debugfs", "-R", f"cat {name}", str(image)], capture_output=True,
                           timeout=60, check=True)
     return done.stdout
+
+
+class FrameSizes:
+    """Largest AoE frame seen on an interface per shelf, both directions (a raw socket in
+    the host's namespace, read by a thread until stop())."""
+
+    def __init__(self, host: Host, ifname: str) -> None:
+        with host.enter():
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88A2))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind((ifname, 0x88A2))
+        self.sock.settimeout(0.2)
+        self.largest: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        buf = bytearray(65536)
+        while not self._stop.is_set():
+            try:
+                n = self.sock.recv_into(buf)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if n >= 22:
+                shelf = int.from_bytes(buf[16:18], "big")  # after dst, src, type, ver/flags, error
+                self.largest[shelf] = max(self.largest.get(shelf, 0), n)
+
+    def stop(self) -> dict[int, int]:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+        return dict(self.largest)
