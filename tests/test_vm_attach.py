@@ -54,7 +54,7 @@ echo "@@attach=$?"
 echo "@@attach_out=$(tail -n1 attach.out)"
 echo "@@attach_s=$(awk -v a=$t0 -v b=$(up) 'BEGIN{{print b-a}}')"
 echo "@@size=$(blockdev --getsize64 /dev/nbd0)"
-dd if=/dev/nbd0 of=/dev/null bs=1M iflag=direct 2> dd.err; echo "@@read=$?"
+dd if=/dev/nbd0 of=/dev/null bs=1M count=4 iflag=direct 2> dd.err; echo "@@read=$?"
 echo "@@read_dd=$(tail -n1 dd.err)"
 mkfs.ext4 -q -F -E nodiscard /dev/nbd0; echo "@@mkfs=$?"
 mkdir -p /tmp/mnt
@@ -77,7 +77,7 @@ $AOE attach -i eth0 --timeout 10 --log /tmp/gone.log 1.1 /dev/nbd2 > gone.out 2>
 echo "@@gone_attach=$?"
 dd if=/dev/nbd2 of=/dev/null bs=64k count=4 iflag=direct 2>/dev/null; echo "@@gone_before=$?"
 echo "@@host:stop-target"
-sleep 3
+sleep 2
 t1=$(up)
 dd if=/dev/nbd2 of=/dev/null bs=64k count=1 skip=32 iflag=direct 2> gone.err
 echo "@@gone_read=$?"
