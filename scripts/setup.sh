@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(vblade aoetools tshark fuse3 libfuse3-3 libnbd-bin nbdkit qemu-utils
-              e2fsprogs fio iproute2 netcat-openbsd procps python3-libnbd strace systemd)
+              e2fsprogs fio iproute2 netcat-openbsd procps python3-libnbd strace systemd
+              qemu-system-x86 busybox-static)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -17,6 +18,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections || true
   apt-get -o DPkg::Lock::Timeout=600 update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's distribution kernel, unpacked for the qemu guests of the kernel tests (the other
+# machine: the kernel's aoe initiator, /dev/nbdX). Not installed: only unpacked.
+KERNEL_DIR=${PYAOE_KERNEL_DIR:-/var/cache/pyaoe/kernel}
+if ! compgen -G "$KERNEL_DIR/boot/vmlinuz-*" >/dev/null; then
+  kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  if [ -z "$kpkg" ]; then
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  fi
+  echo "setup: unpacking $kpkg into $KERNEL_DIR"
+  kdl=$(mktemp -d)
+  (cd "$kdl" && apt-get download -q "$kpkg" 2>/dev/null)
+  mkdir -p "$KERNEL_DIR.tmp"
+  dpkg-deb -x "$kdl"/*.deb "$KERNEL_DIR.tmp"
+  rm -rf "$kdl" "$KERNEL_DIR"
+  mv "$KERNEL_DIR.tmp" "$KERNEL_DIR"
 fi
 
 PY=${PYTHON:-python3}

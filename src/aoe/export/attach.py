@@ -23,6 +23,7 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aoe.export.blockdev import BlockDevice
 from aoe.export.nbdserver import DEFAULT_WORKERS, Connection, NbdExport, StopOnSignals
@@ -72,6 +73,10 @@ BLOCK_SIZE = 512  # logical sector of the nbd device: matches the disk's partiti
 
 class NbdUnavailable(RuntimeError):
     """The kernel cannot provide /dev/nbdN here (driver not loaded or not built)."""
+
+
+class DeviceBusy(RuntimeError):
+    """Detaching would pull the disk from under a mounted file system or another holder."""
 
 
 class NetlinkError(OSError):
@@ -339,10 +344,41 @@ def _ioctl_run(index: int, fd: int, export: NbdExport, timeout: int, done: threa
         done.set()
 
 
-def detach(device: str, method: str = "auto") -> None:
+def busy_reason(index: int) -> str | None:
+    """Why /dev/nbdN (or one of its partitions) must not be disconnected now: a mount or
+    a holder (device mapper, md) using it; None when nothing does."""
+    block = Path(f"/sys/block/nbd{index}")
+    numbers: dict[str, str] = {}
+    for dev_file in [block / "dev", *block.glob(f"nbd{index}p*/dev")]:
+        try:
+            numbers[dev_file.read_text().strip()] = f"/dev/{dev_file.parent.name}"
+        except OSError:
+            continue
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        mountinfo = ""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[2] in numbers:
+            where = fields[4].replace("\\040", " ")
+            return f"{numbers[fields[2]]} is mounted on {where}: unmount it first"
+    for name in {Path(n).name for n in numbers.values()}:
+        holders = sorted(p.name for p in (Path("/sys/class/block") / name / "holders").glob("*"))
+        if holders:
+            return f"/dev/{name} is held by {', '.join(holders)}: release it first"
+    return None
+
+
+def detach(device: str, method: str = "auto", *, force: bool = False) -> None:
     """Disconnect /dev/nbdN: the kernel tells the server (NBD_CMD_DISC) and the serving
-    process exits."""
+    process exits. Refused (DeviceBusy) while the device is mounted or held, since the
+    file system on it would lose what it has not written yet, unless `force`."""
     index = check_nbd(device)
+    if not force:
+        reason = busy_reason(index)
+        if reason is not None:
+            raise DeviceBusy(reason)
     if method == "auto":
         method = "netlink" if nbd_family() is not None else "ioctl"
     if method == "netlink":

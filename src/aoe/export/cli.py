@@ -323,18 +323,23 @@ def attach(disk: str, device: str, ifaces: tuple[str, ...], give_up: float | Non
 @click.argument("device")
 @click.option("--method", type=click.Choice(["auto", "netlink", "ioctl"]), default="auto",
               show_default=True, help="How to reach the kernel device.")
-def detach(device: str, method: str) -> None:
+@click.option("--force", is_flag=True,
+              help="Disconnect even while the device is mounted or held (loses unwritten data).")
+def detach(device: str, method: str, force: bool) -> None:
     """Disconnect DEVICE (/dev/nbdN) attached by `aoe attach`; its server then exits.
+    Refused while DEVICE or a partition of it is mounted.
 
     \b
     Example:  aoe detach /dev/nbd0
     """
-    from aoe.export.attach import NbdUnavailable
+    from aoe.export.attach import DeviceBusy, NbdUnavailable
     from aoe.export.attach import detach as detach_device
 
     try:
-        detach_device(device, method=method)
+        detach_device(device, method=method, force=force)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="DEVICE") from None
+    except DeviceBusy as exc:
+        raise click.ClickException(f"not detaching {device}: {exc}") from None
     except (NbdUnavailable, OSError) as exc:
         raise click.ClickException(str(exc)) from None
