@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(vblade aoetools tshark fuse3 libfuse3-3 libnbd-bin nbdkit qemu-utils
-              e2fsprogs fio iproute2 netcat-openbsd procps python3-libnbd strace)
+              e2fsprogs fio iproute2 netcat-openbsd procps python3-libnbd strace rsync gcc
+              libc6-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
