@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from aoe.lab import Lab, created_namespaces, list_netns
-from aoe.lab.testing import TwoHosts, make_two_hosts, netns_unavailable_reason
+from aoe.lab.pair import TwoHosts, make_two_hosts, netns_unavailable_reason
 
 NETNS_SKIP_REASON = netns_unavailable_reason()
 needs_netns = pytest.mark.skipif(NETNS_SKIP_REASON is not None, reason=NETNS_SKIP_REASON or "")

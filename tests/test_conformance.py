@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from aoe.cli import main
-from aoe.lab.conformance import (
+from aoe.checks.conformance import (
     CheckResult,
     Status,
     all_check_names,
@@ -19,8 +18,9 @@ from aoe.lab.conformance import (
     format_table,
     run_conformance,
 )
-from aoe.lab.testing import TwoHosts, netns_unavailable_reason
-from tests.tools_support import AOE, make_image, start_aoe_serve, start_vblade
+from aoe.cli import main
+from aoe.lab.pair import TwoHosts, netns_unavailable_reason
+from tests.support.tools import AOE, make_image, start_aoe_serve, start_vblade
 
 _SKIP = netns_unavailable_reason()
 netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")

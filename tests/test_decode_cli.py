@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from aoe.capture.pcap import write_pcap
 from aoe.cli import main
-from aoe.pcap import write_pcap
 from aoe.protocol import AtaBody, ConfigBody, Frame, MaskBody, ReserveBody, encode
 
 A = bytes.fromhex("020000000001")

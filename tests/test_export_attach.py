@@ -24,7 +24,7 @@ from aoe.export.attach import (
 )
 from aoe.export.blockdev import FileBlockDevice
 
-from .export_support import random_image, run, umount_quietly
+from .support.export import random_image, run, umount_quietly
 
 AOE = str(Path(sys.executable).with_name("aoe"))
 HAVE_NBD = os.path.isdir("/sys/module/nbd") or nbd_family() is not None

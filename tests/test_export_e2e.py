@@ -23,9 +23,9 @@ from aoe.export.fuse import mounted
 from aoe.export.nbdserver import NbdServer
 from aoe.lab import Lab
 
-from .export_support import CountFlushes, RawNbd, random_image, run, sha256, umount_quietly
+from .support.export import CountFlushes, RawNbd, random_image, run, sha256, umount_quietly
+from .support.initiator import SHELF, SLOT, Rig, make_rig
 from .test_export_fuse import AOE, check_files, ext4_roundtrip, wait_mounted
-from .test_initiator_helpers import SHELF, SLOT, Rig, make_rig
 
 SIZE = 64 << 20
 

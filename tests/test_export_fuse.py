@@ -19,7 +19,7 @@ import pytest
 from aoe.export.blockdev import FileBlockDevice
 from aoe.export.fuse import mounted
 
-from .export_support import random_image, run, sha256, umount_quietly
+from .support.export import random_image, run, sha256, umount_quietly
 
 AOE = str(Path(sys.executable).with_name("aoe"))
 

@@ -17,7 +17,7 @@ import pytest
 from aoe.export.blockdev import FileBlockDevice
 from aoe.export.nbdserver import NbdServer
 
-from .export_support import CountFlushes, random_image, run, sha256, umount_quietly
+from .support.export import CountFlushes, random_image, run, sha256, umount_quietly
 
 SIZE = 32 << 20
 AOE = str(Path(sys.executable).with_name("aoe"))

@@ -14,9 +14,9 @@ import pytest
 
 from aoe.export import nbdproto as p
 from aoe.export.blockdev import FileBlockDevice
-from aoe.export.nbdserver import MAX_PAYLOAD, Connection, Export, NbdServer
+from aoe.export.nbdserver import MAX_PAYLOAD, Connection, NbdExport, NbdServer
 
-from .export_support import CountFlushes, RawNbd, random_image
+from .support.export import CountFlushes, RawNbd, random_image
 
 SIZE = 1 << 20
 
@@ -326,7 +326,7 @@ def test_contiguous_requests_share_one_device_call(image: Path) -> None:
     CHUNK = 32768  # noqa: N806
     dev = HeldDevice(image)
     ours, theirs = socket.socketpair()
-    conn = Connection(ours, Export(dev), handshake=False, workers=1)
+    conn = Connection(ours, NbdExport(dev), handshake=False, workers=1)
     t = threading.Thread(target=conn.run)
     t.start()
     c = RawNbd(theirs)
@@ -386,7 +386,7 @@ def test_transmission_only_session_as_the_kernel_speaks(image: Path) -> None:
     """What /dev/nbdN does after `aoe attach`: no handshake, requests straight away."""
     ours, theirs = socket.socketpair()
     dev = FileBlockDevice(image)
-    conn = Connection(ours, Export(dev), handshake=False)
+    conn = Connection(ours, NbdExport(dev), handshake=False)
     t = threading.Thread(target=conn.run)
     t.start()
     c = RawNbd(theirs)

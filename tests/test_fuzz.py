@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from aoe.lab.fuzz import FuzzReport, run_fuzz
-from aoe.lab.fuzz_frames import FrameFactory, FuzzTarget
-from aoe.lab.testing import TwoHosts, netns_unavailable_reason
-from tests.tools_support import AOE, SECTORS, make_image, start_aoe_serve, start_vblade
+from aoe.checks.fuzz import FuzzReport, run_fuzz
+from aoe.checks.fuzz_frames import FrameFactory, FuzzTarget
+from aoe.lab.pair import TwoHosts, netns_unavailable_reason
+from tests.support.tools import AOE, SECTORS, make_image, start_aoe_serve, start_vblade
 
 _SKIP = netns_unavailable_reason()
 netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")

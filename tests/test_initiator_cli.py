@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from aoe.cli import main
 from aoe.lab import Lab
 
-from .test_initiator_helpers import AOE_BIN, SHELF, SLOT, Rig, make_rig
+from .support.initiator import AOE_BIN, SHELF, SLOT, Rig, make_rig
 
 SIZE = 4 << 20
 ZEROS = ((1 << 20, 1 << 20), (SIZE - (1 << 20), 1 << 20))  # two 1 MiB runs of zeros

@@ -43,7 +43,7 @@ from aoe.protocol import (
     response_to,
 )
 
-from .test_initiator_helpers import (
+from .support.initiator import (
     SHELF,
     SLOT,
     TARGET_KINDS,

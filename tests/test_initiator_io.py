@@ -15,7 +15,7 @@ from aoe.initiator import TargetReadOnlyError, discover
 from aoe.lab import Lab
 from aoe.protocol import max_sectors_for_mtu
 
-from .test_initiator_helpers import DISK_SIZE, SHELF, SLOT, TARGET_KINDS, Rig, make_rig, patterned
+from .support.initiator import DISK_SIZE, SHELF, SLOT, TARGET_KINDS, Rig, make_rig, patterned
 
 
 @pytest.fixture(params=[(k, m) for k in TARGET_KINDS for m in (1500, 9000)],

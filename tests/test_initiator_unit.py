@@ -11,22 +11,21 @@ from pathlib import Path
 import click
 import pytest
 
-from aoe.initiator.commands import SizeType, human_size
+from aoe.initiator.cli import SizeType, human_size
 from aoe.initiator.copy import VerifyError, copy_from_disk, copy_to_disk
 from aoe.initiator.disk import _RangeLock
-from aoe.initiator.paths import INITIAL_WINDOW, MacBudget
-from aoe.initiator.paths import Path as AoePath
+from aoe.initiator.window import INITIAL_WINDOW, MacBudget, PathWindow
 
 
 class _Port:
-    """Just what Path reads from a port."""
+    """Just what PathWindow reads from a port."""
 
     ifname = "eth0"
     mac = b"\x02\x00\x00\x00\x00\x01"
 
 
-def make_path(buffers: int = 16, rtt: float = 0.001) -> AoePath:
-    return AoePath(0, _Port(), b"\x02\x00\x00\x00\x00\x02", 1, 2, MacBudget(buffers), 17, rtt,
+def make_path(buffers: int = 16, rtt: float = 0.001) -> PathWindow:
+    return PathWindow(0, _Port(), b"\x02\x00\x00\x00\x00\x02", 1, 2, MacBudget(buffers), 17, rtt,
                    min_rto=0.005, max_rto=0.5)
 
 
@@ -55,7 +54,7 @@ def test_window_halves_on_loss_and_respects_buffer_count() -> None:
     for _ in range(20):
         p.on_loss()
     assert p.cwnd == 1.0  # never below one frame
-    capped = AoePath(0, _Port(), b"\x02" * 6, 1, 2, MacBudget(16), 17, 0.001, 0.005, 0.5,
+    capped = PathWindow(0, _Port(), b"\x02" * 6, 1, 2, MacBudget(16), 17, 0.001, 0.005, 0.5,
                      max_window=4)
     assert capped.limit == 4
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from aoe.initiator.copy import copy_from_disk, copy_to_disk
-from aoe.initiator.paths import MAX_WINDOW
+from aoe.initiator.window import MAX_WINDOW
 from aoe.lab import Lab
 
-from .test_initiator_helpers import make_rig
+from .support.initiator import make_rig
 
 pytestmark = pytest.mark.netns
 

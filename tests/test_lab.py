@@ -10,8 +10,9 @@ import time
 import pytest
 
 from aoe.lab import Lab, LabError, cleanup_all, list_netns, namespace_exists
-from aoe.lab.testing import TwoHosts, aoe_frame, aoe_socket, mac_bytes, netns_unavailable_reason
+from aoe.lab.pair import TwoHosts, netns_unavailable_reason
 from aoe.net.link import link_info
+from tests.support.wire import aoe_frame, aoe_socket, mac_bytes
 
 _SKIP = netns_unavailable_reason()
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")

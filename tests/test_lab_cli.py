@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aoe.lab import list_netns, namespace_exists
-from aoe.lab.testing import netns_unavailable_reason
+from aoe.lab.pair import netns_unavailable_reason
 
 _SKIP = netns_unavailable_reason()
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from aoe.lab import Lab
+from aoe.lab.pair import netns_unavailable_reason
 from aoe.lab.relay import Impairment, RelayConfig, RelayHandle
-from aoe.lab.testing import aoe_frame, aoe_socket, netns_unavailable_reason
+from tests.support.wire import aoe_frame, aoe_socket
 
 _SKIP = netns_unavailable_reason()
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")

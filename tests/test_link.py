@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from aoe.cli import main
-from aoe.lab.testing import TwoHosts, netns_unavailable_reason
+from aoe.lab.pair import TwoHosts, netns_unavailable_reason
 from aoe.net.link import (
     LinkError,
     LinkNotFoundError,

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from aoe.protocol import AtaBody, DecodeError, Frame, MaskBody, decode, encode
 
-from .strategies import frames
+from .support.strategies import frames
 
 settings.register_profile("pyaoe", max_examples=300, deadline=None)
 settings.load_profile("pyaoe")

@@ -38,7 +38,7 @@ from aoe.protocol import (
 )
 from aoe.protocol.frames import ATA_ARGS, HEADER
 
-from .reliability_support import (
+from .support.reliability import (
     MIB,
     ExportDef,
     Served,
@@ -48,7 +48,7 @@ from .reliability_support import (
     sha256_of,
     write_random,
 )
-from .target_support import AOE_BIN, Client, Reply
+from .support.target import AOE_BIN, Client, Reply
 
 pytestmark = pytest.mark.netns
 

@@ -21,7 +21,7 @@ from aoe.initiator import TargetDeadError
 from aoe.initiator.copy import copy_from_disk, copy_to_disk
 from aoe.lab import Lab
 
-from .reliability_support import (
+from .support.reliability import (
     MIB,
     ExportDef,
     Served,
@@ -32,7 +32,7 @@ from .reliability_support import (
     sha256_of,
     write_random,
 )
-from .target_support import AOE_BIN
+from .support.target import AOE_BIN
 
 pytestmark = pytest.mark.netns
 

@@ -22,8 +22,8 @@ import pytest
 from aoe.lab import Lab
 from aoe.protocol import AtaOpcode, AtaStatus
 
-from .reliability_support import MIB, ExportDef, figure, open_disk, serve
-from .target_support import Client
+from .support.reliability import MIB, ExportDef, figure, open_disk, serve
+from .support.target import Client
 
 pytestmark = pytest.mark.netns
 

@@ -25,16 +25,16 @@ from typing import Any
 
 import pytest
 
+from aoe.checks.fuzz import run_fuzz
 from aoe.initiator.copy import copy_from_disk, copy_to_disk
 from aoe.lab import Host, Lab
-from aoe.lab.fuzz import run_fuzz
 from aoe.net.mmsg import FrameBatch
 from aoe.net.rawsock import RawSocket
 from aoe.protocol import Command
 from aoe.protocol.frames import HEADER
-from aoe.target import Engine, Export, ExportSpec
+from aoe.target import Engine, ExportSpec, Store
 
-from .reliability_support import (
+from .support.reliability import (
     MIB,
     ExportDef,
     figure,
@@ -159,7 +159,7 @@ def test_request_with_error_flag_and_broken_arguments_is_dropped(tmp_path: Path,
     image = tmp_path / "d.img"
     write_random(image, 64 << 10, seed=1)
     mac, peer = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
-    with Export.open(ExportSpec(1, 0, str(image)), state_dir=None) as export:
+    with Store.open(ExportSpec(1, 0, str(image)), state_dir=None) as export:
         engine = Engine([export], mac=mac, mtu=1500)
         for args in (b"", b"\x01", b"\x00\x01\x02"):  # too short for any argument block
             frame = HEADER.pack(mac, peer, 0x88A2, 0x14, 3, 1, 0, command, 77) + args

@@ -17,7 +17,7 @@ import pytest
 from aoe.initiator.copy import copy_from_disk, copy_to_disk
 from aoe.lab import Lab
 
-from .reliability_support import (
+from .support.reliability import (
     MIB,
     ExportDef,
     figure,

@@ -28,7 +28,7 @@ import pytest
 from aoe.initiator import AoeDisk
 from aoe.lab import Lab
 
-from .reliability_support import MIB, ExportDef, figure, serve, sha256_of, write_random
+from .support.reliability import MIB, ExportDef, figure, serve, sha256_of, write_random
 
 pytestmark = pytest.mark.netns
 

@@ -24,8 +24,8 @@ from aoe.lab.cable import Cable
 from aoe.lab.host import Host
 from aoe.protocol import AtaOpcode
 
-from .reliability_support import MIB, ExportDef, figure, open_disk, serve, write_random
-from .target_support import Client
+from .support.reliability import MIB, ExportDef, figure, open_disk, serve, write_random
+from .support.target import Client
 
 pytestmark = pytest.mark.netns
 

@@ -6,11 +6,18 @@ from hypothesis import given, settings
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 
+from aoe.capture.scapy_layers import (
+    AoE,
+    AoEATA,
+    AoEDirective,
+    AoEMacMask,
+    AoEQueryConfig,
+    AoEReserve,
+)
 from aoe.protocol import AtaBody, ConfigBody, Frame, MaskBody, ReserveBody, decode, encode
 from aoe.protocol.mac import format_mac
-from aoe.scapy_layers import AoE, AoEATA, AoEDirective, AoEMacMask, AoEQueryConfig, AoEReserve
 
-from .strategies import frames
+from .support.strategies import frames
 
 
 def to_scapy(frame: Frame) -> Ether:

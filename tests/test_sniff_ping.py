@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from aoe.capture.pcap import PcapWriter, read_pcap
+from aoe.capture.sniff import Captured, ping, sniff
 from aoe.cli import main
-from aoe.lab.testing import TwoHosts, netns_unavailable_reason
-from aoe.pcap import read_pcap
+from aoe.lab.pair import TwoHosts, netns_unavailable_reason
 from aoe.protocol import AtaBody, AtaOpcode, ConfigBody, decode
-from aoe.sniff import Captured, PcapWriter, ping, sniff
-from tests.tools_support import AOE, make_image, read_line, start_aoe_serve, start_vblade
+from tests.support.tools import AOE, make_image, read_line, start_aoe_serve, start_vblade
 
 _SKIP = netns_unavailable_reason()
 netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from aoe.lab import Host, Lab
-from aoe.target.config import ConfigError, parse_config, parse_size
+from aoe.target.config import ConfigError, config_size, parse_config
 
-from .target_support import aoe_cmd, make_image
+from .support.target import aoe_cmd, make_image
 
 
 @pytest.fixture
@@ -123,6 +123,6 @@ def test_parse_config_checks() -> None:
     ):
         with pytest.raises(ConfigError):
             parse_config(bad)  # type: ignore[arg-type]
-    assert parse_size("4k", "x") == 4096 and parse_size("1MiB", "x") == 1 << 20
+    assert config_size("4k", "x") == 4096 and config_size("1MiB", "x") == 1 << 20
     with pytest.raises(ConfigError):
-        parse_size(-1, "x")
+        config_size(-1, "x")

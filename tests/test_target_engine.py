@@ -32,7 +32,7 @@ from aoe.protocol import (
     parse_identify,
 )
 from aoe.protocol.errors import AoeError
-from aoe.target import Counters, Engine, Export, ExportSpec
+from aoe.target import Counters, Engine, ExportSpec, Store, StoreError
 from aoe.target.engine import SMART_DATA_PAGE
 
 TARGET = bytes.fromhex("020000000001")
@@ -49,14 +49,14 @@ def image(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def export(image: Path, tmp_path: Path) -> Export:
-    e = Export.open(ExportSpec(1, 2, str(image)), tmp_path / "state")
+def export(image: Path, tmp_path: Path) -> Store:
+    e = Store.open(ExportSpec(1, 2, str(image)), tmp_path / "state")
     yield e
     e.close()
 
 
 @pytest.fixture
-def engine(export: Export) -> Engine:
+def engine(export: Store) -> Engine:
     return Engine([export], TARGET, 1500)
 
 
@@ -142,7 +142,7 @@ def test_too_many_sectors_is_bad_argument(engine: Engine) -> None:
     assert engine.counters.errors["aoe_bad_argument"] == 2
 
 
-def test_jumbo_mtu_allows_seventeen_sectors(export: Export) -> None:
+def test_jumbo_mtu_allows_seventeen_sectors(export: Store) -> None:
     eng = Engine([export], TARGET, 9000)
     f = one(eng, ata(AtaOpcode.READ_SECTORS_EXT, 0, 17))
     assert len(f.body.data) == 17 * 512  # type: ignore[union-attr]
@@ -167,7 +167,7 @@ def test_write_missing_its_data_is_dropped_and_counted(engine: Engine, image: Pa
 
 
 def test_read_only_export_refuses_writes(image: Path, tmp_path: Path) -> None:
-    with Export.open(ExportSpec(1, 2, str(image), read_only=True), tmp_path / "s") as e:
+    with Store.open(ExportSpec(1, 2, str(image), read_only=True), tmp_path / "s") as e:
         eng = Engine([e], TARGET, 1500)
         before = image.read_bytes()
         f = one(eng, ata(AtaOpcode.WRITE_SECTORS_EXT, 0, 1, b"\xff" * 512))
@@ -191,7 +191,7 @@ def test_short_read_from_the_store_is_an_ata_error(engine: Engine, image: Path) 
 def test_slice_bounds_protect_the_rest_of_the_store(image: Path, tmp_path: Path) -> None:
     spec = ExportSpec(1, 2, str(image), offset=512 * 1000, length=512 * 10)
     content = image.read_bytes()
-    with Export.open(spec, None) as e:
+    with Store.open(spec, None) as e:
         assert e.sectors == 10
         eng = Engine([e], TARGET, 1500)
         f = one(eng, ata(AtaOpcode.READ_SECTORS_EXT, 8, 2))
@@ -207,7 +207,7 @@ def test_slice_bounds_protect_the_rest_of_the_store(image: Path, tmp_path: Path)
 
 
 # --- other ATA commands -------------------------------------------------------------
-def test_identify_page(engine: Engine, export: Export) -> None:
+def test_identify_page(engine: Engine, export: Store) -> None:
     f = one(engine, ata(AtaOpcode.IDENTIFY_DEVICE, 0, 1, ext=False))
     info = parse_identify(bytes(f.body.data))  # type: ignore[union-attr]
     assert info.sectors == SECTORS and info.lba48 and info.flush_cache_ext and info.smart
@@ -217,7 +217,7 @@ def test_identify_page(engine: Engine, export: Export) -> None:
 def test_identify_serial_is_stable_across_reopen(image: Path, tmp_path: Path) -> None:
     serials = []
     for _ in range(2):
-        with Export.open(ExportSpec(1, 2, str(image)), tmp_path / "st") as e:
+        with Store.open(ExportSpec(1, 2, str(image)), tmp_path / "st") as e:
             serials.append(parse_identify(e.identify_page).serial)
     assert serials[0] == serials[1] != ""
 
@@ -292,9 +292,9 @@ def test_unknown_command_is_error_1(engine: Engine) -> None:
 
 
 def test_broadcast_reaches_every_matching_export(image: Path, tmp_path: Path) -> None:
-    with Export.open(ExportSpec(1, 2, str(image)), None) as a, \
-            Export.open(ExportSpec(1, 3, str(image)), None) as b, \
-            Export.open(ExportSpec(4, 2, str(image)), None) as c:
+    with Store.open(ExportSpec(1, 2, str(image)), None) as a, \
+            Store.open(ExportSpec(1, 3, str(image)), None) as b, \
+            Store.open(ExportSpec(4, 2, str(image)), None) as c:
         eng = Engine([a, b, c], TARGET, 1500)
         q = ConfigBody()
         got = {(decode(r).shelf, decode(r).slot)
@@ -321,7 +321,7 @@ def test_query_config_fields(engine: Engine) -> None:
     assert body.config == b"" and body.ccmd == ConfigCommand.READ
 
 
-def test_config_string_commands(engine: Engine, export: Export) -> None:
+def test_config_string_commands(engine: Engine, export: Store) -> None:
     f = one(engine, config(ConfigCommand.SET, b"abc"))
     assert not f.is_error and f.body.config == b"abc"  # type: ignore[union-attr]
     f = one(engine, config(ConfigCommand.SET, b"xyz"))
@@ -358,7 +358,7 @@ def mask(mcmd: int, *directives: tuple[int, bytes], **kw: object) -> bytes:
     return cmd(Command.MAC_MASK_LIST, body, **kw)  # type: ignore[arg-type]
 
 
-def test_mask_list_edit_and_acl(engine: Engine, export: Export) -> None:
+def test_mask_list_edit_and_acl(engine: Engine, export: Store) -> None:
     f = one(engine, mask(MaskCommand.EDIT, (DirectiveCommand.ADD, INIT),
                          (DirectiveCommand.ADD, OTHER), (DirectiveCommand.NONE, OTHER),
                          (DirectiveCommand.ADD, INIT)))
@@ -376,7 +376,7 @@ def test_mask_list_edit_and_acl(engine: Engine, export: Export) -> None:
     assert export.mask_list() == [OTHER]
 
 
-def test_mask_bad_directive_keeps_earlier_ones(engine: Engine, export: Export) -> None:
+def test_mask_bad_directive_keeps_earlier_ones(engine: Engine, export: Store) -> None:
     f = one(engine, mask(MaskCommand.EDIT, (DirectiveCommand.ADD, INIT), (9, OTHER),
                          (DirectiveCommand.ADD, OTHER)))
     assert f.body.merror == 2 and len(f.body.directives) == 1  # type: ignore[union-attr]
@@ -384,7 +384,7 @@ def test_mask_bad_directive_keeps_earlier_ones(engine: Engine, export: Export) -
     assert engine.counters.errors["mask_directive"] == 1
 
 
-def test_mask_list_full(export: Export) -> None:
+def test_mask_list_full(export: Store) -> None:
     eng = Engine([export], TARGET, 1500)
     export.mask_limit = 2
     macs = [bytes([2, 0, 0, 0, 1, i]) for i in range(3)]
@@ -436,7 +436,7 @@ def test_bad_rcmd_and_oversized_list(engine: Engine) -> None:
 # --- persistence --------------------------------------------------------------------
 def test_state_persists_across_reopen(image: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    with Export.open(ExportSpec(1, 2, str(image), config=b"initial"), state) as e:
+    with Store.open(ExportSpec(1, 2, str(image), config=b"initial"), state) as e:
         eng = Engine([e], TARGET, 1500)
         assert e.config == b"initial"
         one(eng, config(ConfigCommand.FORCE_SET, b"saved"))
@@ -446,12 +446,12 @@ def test_state_persists_across_reopen(image: Path, tmp_path: Path) -> None:
     saved = json.loads(state_file.read_text())
     assert saved["masks"] == ["02:00:00:00:00:02"] and saved["config_text"] == "saved"
     assert not list(state.glob(".*tmp"))  # the temp file was renamed away
-    with Export.open(ExportSpec(1, 2, str(image), config=b"initial"), state) as e:
+    with Store.open(ExportSpec(1, 2, str(image), config=b"initial"), state) as e:
         assert e.config == b"saved"  # saved state wins over the configured initial string
         assert e.mask_list() == [INIT] and e.reserve_list() == [INIT] and e.guarded
 
 
-def test_announcements(export: Export) -> None:
+def test_announcements(export: Store) -> None:
     eng = Engine([export], TARGET, 9000)
     (a,) = eng.announcements()
     f = decode(a)
@@ -486,7 +486,7 @@ def test_counters_format(engine: Engine) -> None:
     assert data["frames_in"] == 2 and data["errors"] == {"decode": 1}
 
 
-def test_engine_rejects_tiny_mtu_and_duplicate_addresses(export: Export) -> None:
+def test_engine_rejects_tiny_mtu_and_duplicate_addresses(export: Store) -> None:
     with pytest.raises(ValueError):
         Engine([export], TARGET, 500)
     with pytest.raises(ValueError):
@@ -582,19 +582,19 @@ def test_burst_of_adjacent_writes_is_one_pwritev(engine: Engine, image: Path,
 
 
 def test_burst_write_failure_hits_only_the_frames_that_fail(
-        engine: Engine, export: Export, image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        engine: Engine, export: Store, image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(fd: int, bufs: list[memoryview], pos: int) -> int:
         raise OSError(5, "I/O error")
 
-    real_write = Export.write_from
+    real_write = Store.write_from
 
-    def flaky(self: Export, view: memoryview, pos: int) -> int:
+    def flaky(self: Store, view: memoryview, pos: int) -> int:
         if pos == 62 * 512:
             raise OSError(5, "I/O error")
         return real_write(self, view, pos)
 
     monkeypatch.setattr(os, "pwritev", broken)
-    monkeypatch.setattr(Export, "write_from", flaky)
+    monkeypatch.setattr(Store, "write_from", flaky)
     data = os.urandom(4 * 1024)
     frames = [ata(AtaOpcode.WRITE_SECTORS_EXT, 60 + 2 * i, 2, data[i * 1024:(i + 1) * 1024],
                   tag=i) for i in range(4)]
@@ -634,7 +634,7 @@ def test_burst_read_failure_hits_only_the_frames_past_the_end(engine: Engine,
     assert engine.counters.errors["ata_io"] == 2
 
 
-def test_burst_and_single_frame_paths_agree(engine: Engine, export: Export) -> None:
+def test_burst_and_single_frame_paths_agree(engine: Engine, export: Store) -> None:
     """Whatever the burst path answers in place, the one-frame path answers identically."""
     import random
 
@@ -673,9 +673,44 @@ def test_state_belongs_to_the_disk_not_just_the_address(image: Path, tmp_path: P
     state = tmp_path / "state"
     other = tmp_path / "other.img"
     other.write_bytes(bytes(512 * 8))
-    with Export.open(ExportSpec(1, 2, str(image)), state) as e:
+    with Store.open(ExportSpec(1, 2, str(image)), state) as e:
         e.set_reservations([INIT])
-    with Export.open(ExportSpec(1, 2, str(other)), state) as e:
+    with Store.open(ExportSpec(1, 2, str(other)), state) as e:
         assert e.reserve_list() == [] and not e.guarded
-    with Export.open(ExportSpec(1, 2, str(image)), state) as e:
+    with Store.open(ExportSpec(1, 2, str(image)), state) as e:
         assert e.reserve_list() == [INIT]
+
+
+def test_burst_on_an_o_direct_store(image: Path, tmp_path: Path) -> None:
+    """An O_DIRECT store takes the burst path too: runs go through the store's aligned
+    bounce buffer, so reads and writes land exactly as on a buffered store."""
+    try:
+        store = Store.open(ExportSpec(1, 2, str(image), direct=True), tmp_path / "sd")
+    except StoreError as exc:
+        pytest.skip(f"no O_DIRECT here: {exc}")
+    with store:
+        engine = Engine([store], TARGET, 9000)
+        data = os.urandom(6 * 17 * 512)
+        frames = [ata(AtaOpcode.WRITE_SECTORS_EXT, 200 + 17 * i, 17,
+                      data[i * 17 * 512 : (i + 1) * 17 * 512], tag=i) for i in range(6)]
+        out, _ = burst(engine, frames)
+        assert out == [60] * 6
+        assert image.read_bytes()[200 * 512 : (200 + 6 * 17) * 512] == data
+        frames = [ata(AtaOpcode.READ_SECTORS_EXT, 200 + 17 * i, 17, tag=i) for i in range(6)]
+        out, views = burst(engine, frames)
+        assert out == [36 + 17 * 512] * 6
+        got = b"".join(bytes(v[36 : out[i]]) for i, v in enumerate(views))
+        assert got == data
+        assert engine.counters.reads == 6 and engine.counters.writes == 6
+
+
+def test_store_vector_calls_match_one_piece_calls(export: Store, image: Path) -> None:
+    """readv_into/writev_from move the same bytes as read_into/write_from piece by piece."""
+    pieces = [bytearray(os.urandom(512 * n)) for n in (1, 3, 2)]
+    assert export.writev_from([memoryview(p) for p in pieces], 300 * 512) == 6 * 512
+    back = [bytearray(len(p)) for p in pieces]
+    assert export.readv_into([memoryview(b) for b in back], 300 * 512) == 6 * 512
+    assert back == pieces
+    one = bytearray(6 * 512)
+    assert export.read_into(memoryview(one), 300 * 512) == 6 * 512
+    assert bytes(one) == b"".join(pieces) == image.read_bytes()[300 * 512 : 306 * 512]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 from aoe.protocol import BROADCAST_MAC, AtaOpcode, ConfigCommand
 
-from .target_support import Client, make_image, start_pyaoe
+from .support.target import Client, make_image, start_pyaoe
 
 pytestmark = pytest.mark.netns
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 from aoe.protocol import (
     BROADCAST_MAC,
     AtaErrorBits,
@@ -34,7 +34,7 @@ from aoe.protocol import (
 )
 from aoe.protocol.errors import AoeError
 
-from .target_support import Client, RunningTarget, make_image, start_pyaoe, start_vblade
+from .support.target import Client, RunningTarget, make_image, start_pyaoe, start_vblade
 
 pytestmark = pytest.mark.netns
 

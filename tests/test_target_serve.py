@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from aoe.lab import Lab
-from aoe.lab.testing import TwoHosts, make_two_hosts
+from aoe.lab.pair import TwoHosts, make_two_hosts
 from aoe.protocol import (
     BROADCAST_MAC,
     AtaErrorBits,
@@ -35,7 +35,7 @@ from aoe.protocol import (
 from aoe.protocol.errors import AoeError
 from aoe.target import ExportSpec, Target
 
-from .target_support import (
+from .support.target import (
     Client,
     RunningTarget,
     aoe_cmd,

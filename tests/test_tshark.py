@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aoe.pcap import write_pcap
+from aoe.capture.pcap import write_pcap
 from aoe.protocol import (
     AtaBody,
     AtaFlag,

@@ -189,7 +189,7 @@ def run_aoe(target: str, mtu: int, rate: str | None, size: int, rounds: int,
             as_json: bool) -> None:
     from aoe.initiator import AoeDisk
     from aoe.lab import Lab
-    from aoe.lab.testing import make_two_hosts
+    from aoe.lab.pair import make_two_hosts
 
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp, Lab() as lab:
         work = Path(tmp)

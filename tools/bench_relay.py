@@ -9,25 +9,26 @@ the relay's own forwarded counter over a fixed window. Run as root:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import time
 
 from aoe.lab import Lab
-from aoe.lab.mmsg import Batch
-from aoe.lab.testing import aoe_frame, aoe_socket
+from aoe.net.rawsock import RawSocket
+from aoe.protocol.constants import ETHERTYPE_AOE
+from aoe.protocol.mac import parse_mac
 
 
 def blast(ifname: str, frame: bytes, seconds: float) -> int:
     """Send `frame` repeatedly for `seconds`, 64 per system call; returns frames sent."""
-    batch = Batch(64, max(len(frame), 64))
-    for i, addr in enumerate(batch.addresses):
-        ctypes.memmove(addr, frame, len(frame))
-        batch.lengths[i] = len(frame)
-    sock = aoe_socket(ifname, timeout=None)
+    sock = RawSocket(ifname)
+    batch = sock.batch(64, max(len(frame), 64))
+    for view in batch.views:
+        view[: len(frame)] = frame
+    lengths = [len(frame)] * batch.count
     sent = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        sent += batch.send(sock.fileno(), batch.count)[0]
+        sent += batch.send_slots(lengths, batch.count)
+    sent -= batch.send_errors
     sock.close()
     return sent
 
@@ -36,7 +37,8 @@ def measure(label: str, size: int, seconds: float, **impairment: float) -> float
     with Lab() as lab:
         a, b = lab.host("a"), lab.host("b")
         relay = lab.relay_between(a, b, mtu=max(1500, size), **impairment)
-        frame = aoe_frame(relay.b_mac, relay.a_mac, bytes(size - 14))
+        frame = (parse_mac(relay.b_mac) + parse_mac(relay.a_mac)
+                 + ETHERTYPE_AOE.to_bytes(2, "big") + bytes(size - 14))
         before = relay.stats().a_to_b
         t0 = time.monotonic()
         sent = a.call(blast, relay.a_ifname, frame, seconds, timeout=seconds + 10)

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from aoe.lab import Host, Lab
-from aoe.lab.testing import make_two_hosts
+from aoe.lab.pair import make_two_hosts
 from aoe.net.mmsg import FrameBatch
-from aoe.protocol.constants import max_sectors_for_mtu
+from aoe.net.rawsock import RawSocket
+from aoe.protocol.constants import ETHERTYPE_AOE, max_sectors_for_mtu
 from aoe.protocol.frames import ATA_ARGS, HEADER
 
-ETH_P_AOE = 0x88A2
 SHELF, SLOT = 9, 1
 AOE_BIN = str(Path(sys.executable).with_name("aoe"))
 TAG = struct.Struct("!I")
@@ -42,14 +42,9 @@ def read_window(ifname: str, dst: bytes, mtu: int, window: int, seconds: float,
                 sectors_total: int) -> dict[str, float]:
     """The reader (runs in the initiator namespace): sequential READ SECTORS EXT with
     ``window`` requests outstanding; returns data bytes/s and frames/s."""
-    import socket
-
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_AOE))
-    sock.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
-    sock.bind((ifname, ETH_P_AOE))
-    src = sock.getsockname()[4]
+    raw = RawSocket(ifname)
+    sock = raw.sock
+    src = raw.mac
     count = max_sectors_for_mtu(mtu)
     rx = FrameBatch(sock.fileno(), 64, mtu + 64)
     tx = FrameBatch(sock.fileno(), window, 64)
@@ -61,7 +56,7 @@ def read_window(ifname: str, dst: bytes, mtu: int, window: int, seconds: float,
         if lba + count > sectors_total:
             lba = 0
         v = tx.views[slot]
-        HEADER.pack_into(v, 0, dst, src, ETH_P_AOE, 0x10, 0, SHELF, SLOT, 0, tag)
+        HEADER.pack_into(v, 0, dst, src, ETHERTYPE_AOE, 0x10, 0, SHELF, SLOT, 0, tag)
         ATA_ARGS.pack_into(v, 24, 0x40, 0, count, 0x24, lba & 0xFFFFFFFF, lba >> 32)
         lba_of[tag] = lba
         lba += count
@@ -118,15 +113,9 @@ def read_window_plain(ifname: str, dst: bytes, mtu: int, window: int, seconds: f
                       sectors_total: int) -> dict[str, float]:
     """The plain reader: the same requests, but one recv and one send per frame (no
     batching), as the simplest initiator would do it."""
-    import socket
-
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_AOE))
-    sock.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
-    sock.bind((ifname, ETH_P_AOE))
-    sock.settimeout(0.02)
-    src = sock.getsockname()[4]
+    raw = RawSocket(ifname, timeout=0.02)
+    sock = raw.sock
+    src = raw.mac
     count = max_sectors_for_mtu(mtu)
     reqs = [bytearray(60) for _ in range(window)]
     lba_of: dict[int, int] = {}
@@ -137,7 +126,7 @@ def read_window_plain(ifname: str, dst: bytes, mtu: int, window: int, seconds: f
         if lba + count > sectors_total:
             lba = 0
         r = reqs[tag % window]
-        HEADER.pack_into(r, 0, dst, src, ETH_P_AOE, 0x10, 0, SHELF, SLOT, 0, tag)
+        HEADER.pack_into(r, 0, dst, src, ETHERTYPE_AOE, 0x10, 0, SHELF, SLOT, 0, tag)
         ATA_ARGS.pack_into(r, 24, 0x40, 0, count, 0x24, lba & 0xFFFFFFFF, lba >> 32)
         lba_of[tag] = lba
         lba += count

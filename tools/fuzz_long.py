@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A long fuzz run against `aoe serve` and/or vblade in a lab, for docs/conformance.md.
 
-Builds a two-host lab, serves a patterned image, fuzzes it through `aoe.lab.fuzz`, then
+Builds a two-host lab, serves a patterned image, fuzzes it through `aoe.checks.fuzz`, then
 compares the image file outside the scratch range byte for byte. Run as root:
     .venv/bin/python tools/fuzz_long.py [--count 100000] [--seed 1] [--target both]
 """
@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from aoe.checks.fuzz import run_fuzz
+from aoe.checks.probe import Probe
 from aoe.lab import Lab
-from aoe.lab.conformance_probe import Probe
-from aoe.lab.fuzz import run_fuzz
-from aoe.lab.testing import make_two_hosts
+from aoe.lab.pair import make_two_hosts
 
 SECTORS = 16384
 SCRATCH = (4000, 64)

@@ -17,21 +17,21 @@ from . import __version__
 
 # --- command registration: name -> "module:attribute" (one line per command) ---
 COMMANDS = {
-    "decode": "aoe.decode_cli:decode",
+    "decode": "aoe.capture.cli:decode",
     "lab": "aoe.lab.cli:lab_group",
     "link": "aoe.lab.cli:link_group",
     "serve": "aoe.target.cli:serve",
-    "discover": "aoe.initiator.commands:discover",
-    "info": "aoe.initiator.commands:info",
-    "copy": "aoe.initiator.commands:copy",
+    "discover": "aoe.initiator.cli:discover",
+    "info": "aoe.initiator.cli:info",
+    "copy": "aoe.initiator.cli:copy",
     "mount": "aoe.export.cli:mount",
     "nbd": "aoe.export.cli:nbd",
     "attach": "aoe.export.cli:attach",
     "detach": "aoe.export.cli:detach",
-    "conformance": "aoe.tools_cli:conformance",
-    "fuzz": "aoe.tools_cli:fuzz",
-    "sniff": "aoe.tools_cli:sniff",
-    "ping": "aoe.tools_cli:ping",
+    "conformance": "aoe.checks.cli:conformance",
+    "fuzz": "aoe.checks.cli:fuzz",
+    "sniff": "aoe.capture.cli:sniff",
+    "ping": "aoe.capture.cli:ping",
 }
 
 

@@ -1,4 +1,4 @@
-"""Click parameter types every command shares: SHELF.SLOT addresses and byte sizes."""
+"""What every command shares: SHELF.SLOT and byte-size parameter types, network errors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from .net.rawsock import InterfaceError
 from .protocol.mac import parse_address
 from .units import parse_size
 
@@ -40,3 +41,12 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]
 
 ADDRESS = AddressType()
 SIZE = SizeType()
+
+
+def net_errors(exc: OSError, ifname: str) -> click.ClickException:
+    """The one-line error for a raw-socket failure on ``ifname``."""
+    if isinstance(exc, InterfaceError):
+        return click.ClickException(str(exc))
+    if isinstance(exc, PermissionError):
+        return click.ClickException("raw sockets need root (CAP_NET_RAW)")
+    return click.ClickException(f"{ifname}: {exc}")

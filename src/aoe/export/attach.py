@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aoe.export.blockdev import BlockDevice
-from aoe.export.nbdserver import DEFAULT_WORKERS, Connection, Export, StopOnSignals
+from aoe.export.nbdserver import DEFAULT_WORKERS, Connection, NbdExport, StopOnSignals
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def attach_blockdev(
         raise ValueError(f"unknown attach method {method!r}")
     if method == "ioctl":
         connections = 1
-    export = Export(dev, read_only=read_only)
+    export = NbdExport(dev, read_only=read_only)
     stop = stop or threading.Event()
     done = threading.Event()
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(connections)]
@@ -295,7 +295,7 @@ def _wait_threads(threads: list[threading.Thread], done: threading.Event) -> Non
     done.set()
 
 
-def _netlink_connect(index: int, fds: list[int], export: Export, timeout: int) -> None:
+def _netlink_connect(index: int, fds: list[int], export: NbdExport, timeout: int) -> None:
     sockets = _nla_nested(NBD_ATTR_SOCKETS, *(
         _nla_nested(NBD_SOCK_ITEM, _nla_u32(NBD_SOCK_FD, fd)) for fd in fds))
     attrs = b"".join([
@@ -316,7 +316,7 @@ def _netlink_connect(index: int, fds: list[int], export: Export, timeout: int) -
             raise
 
 
-def _ioctl_run(index: int, fd: int, export: Export, timeout: int, done: threading.Event) -> None:
+def _ioctl_run(index: int, fd: int, export: NbdExport, timeout: int, done: threading.Event) -> None:
     """Configure the device and sit in NBD_DO_IT until it is disconnected."""
     dev_fd = os.open(f"/dev/nbd{index}", os.O_RDWR | os.O_CLOEXEC)
     try:

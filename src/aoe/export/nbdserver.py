@@ -50,7 +50,7 @@ class NbdError(Exception):
         self.code = code
 
 
-class Export:
+class NbdExport:
     """What the server offers: one device under a name (the empty name also selects it).
 
     It is read-only when asked to be or when the device says so (an AoE disk learns it
@@ -156,7 +156,7 @@ class WorkQueue:
 class Connection:
     """One client session: handshake (optional) then transmission until DISC or EOF."""
 
-    def __init__(self, sock: socket.socket, export: Export, *, handshake: bool = True,
+    def __init__(self, sock: socket.socket, export: NbdExport, *, handshake: bool = True,
                  workers: int = DEFAULT_WORKERS, pool: WorkQueue | None = None) -> None:
         self.sock = sock
         _widen_send_buffer(sock)
@@ -575,7 +575,7 @@ class NbdServer:
     ) -> None:
         if (socket_path is None) == (port is None):
             raise ValueError("give exactly one of socket_path and port")
-        self.export = Export(dev, name=name, description=description, read_only=read_only)
+        self.export = NbdExport(dev, name=name, description=description, read_only=read_only)
         self.workers = workers
         self.socket_path = None if socket_path is None else os.path.abspath(socket_path)
         self._listener = self._listen(host, port)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-from ..protocol import SECTOR_SIZE, DecodeError, parse_identify
+from ..protocol import SECTOR_SIZE, DecodeError, format_mac, parse_identify
 from ..protocol.ata import LBA28_MAX_SECTORS
 from .discovery import TargetInfo, query_config, require_frame_size
 from .errors import DiskClosedError, InitiatorError, NoTargetError, TargetReadOnlyError
@@ -111,7 +111,7 @@ class AoeDisk:
         try:
             found = query_config(ports, (shelf, slot), timeout, settle=0.1)
             if not found:
-                macs = ", ".join(f"{p.ifname} {_mac_text(p.mac)}" for p in ports)
+                macs = ", ".join(f"{p.ifname} {format_mac(p.mac)}" for p in ports)
                 raise NoTargetError(
                     f"no answer from AoE target {shelf}.{slot} within {timeout:g} s on "
                     f"{', '.join(names)}: it is not running, not reachable from these "
@@ -292,10 +292,6 @@ class AoeDisk:
                 f"range {offset}+{length} is outside the disk ({self.size} bytes)"
             )
         return offset // SECTOR_SIZE, -(-(offset + length) // SECTOR_SIZE)
-
-
-def _mac_text(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
 
 
 def _learn_identity(session: Session, info: TargetInfo, lba48: bool | None) -> None:

@@ -12,14 +12,23 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pyroute2 import IPRoute
 
 from aoe.lab.nsutil import LabError, enter_for_exec, netns_path, setns_fd, thread_netns
 
-if TYPE_CHECKING:
-    from aoe.lab.core import Lab
+
+class ProcessTracker(Protocol):
+    """What a host needs from its lab: somewhere to record the processes it starts, so
+    the lab can end them all (by id) when it closes. :class:`aoe.lab.Lab` is one."""
+
+    def track(self, proc: subprocess.Popen[Any]) -> None: ...
+    def untrack(self, proc: subprocess.Popen[Any]) -> None: ...
+    def kill(self, proc: subprocess.Popen[Any], grace: float = 1.0) -> None: ...
+    def track_process(self, proc: BaseProcess) -> None: ...
+    def track_pid(self, pid: int) -> None: ...
+    def untrack_pid(self, pid: int) -> None: ...
 
 
 _FORK = multiprocessing.get_context("fork")
@@ -32,7 +41,7 @@ class RemoteError(LabError):
 class Host:
     """A named network namespace in a Lab. Create hosts with `Lab.host(name)`."""
 
-    def __init__(self, lab: Lab, name: str, netns: str) -> None:
+    def __init__(self, lab: ProcessTracker, name: str, netns: str) -> None:
         self.lab = lab
         self.name = name
         self.netns = netns

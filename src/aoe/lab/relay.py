@@ -19,29 +19,32 @@ import mmap
 import random
 import select
 import signal
-import socket
-import struct
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aoe.lab.mmsg import Batch
 from aoe.lab.nsutil import LabError
+from aoe.net.rawsock import RawSocket
+from aoe.protocol.constants import ETHERTYPE_AOE
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from aoe.lab.cable import Cable
-    from aoe.lab.core import Lab
     from aoe.lab.host import Host
 
-ETH_P_AOE = 0x88A2
-SOL_PACKET = 263
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_MR_PROMISC = 1
-PACKET_IGNORE_OUTGOING = 23
+
+class _HostsAndCables(Protocol):
+    """What start_relay needs from a lab (:class:`aoe.lab.Lab` is one)."""
+
+    def host(self, name: str) -> Host: ...
+    def cable(self, a: Host, b: Host, *, mtu: int = 1500,
+              rate: str | int | None = None) -> Cable: ...
+
+
 ETH_HLEN = 14
+SLOT_SIZE = 65536  # any frame a port can carry fits one batch slot
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,10 @@ class RelayConfig:
     a_to_b: Impairment = field(default_factory=Impairment)
     b_to_a: Impairment = field(default_factory=Impairment)
     seed: int = 0
-    ethertype: int = ETH_P_AOE
+    ethertype: int = ETHERTYPE_AOE
 
     @classmethod
-    def symmetric(cls, *, seed: int = 0, ethertype: int = ETH_P_AOE,
+    def symmetric(cls, *, seed: int = 0, ethertype: int = ETHERTYPE_AOE,
                   **impairment: Any) -> RelayConfig:
         """Same impairments both ways, e.g. RelayConfig.symmetric(drop=0.1, seed=7)."""
         imp = Impairment(**impairment)
@@ -154,23 +157,14 @@ class SharedCounters:
         return RelayStats(Counts(*raw[1:1 + k]), Counts(*raw[1 + k:1 + 2 * k]))
 
 
-def _open_port(ifname: str, ethertype: int) -> socket.socket:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+def _open_port(ifname: str, ethertype: int) -> RawSocket:
     try:
-        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt + 32, 8 << 20)  # *BUFFORCE (root)
-            except OSError:
-                pass
-        sock.bind((ifname, ethertype))
-        ifindex = socket.if_nametoindex(ifname)
-        mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
-        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)  # a hub takes every frame
+        sock = RawSocket(ifname, ethertype, promiscuous=True)  # a hub takes every frame
     except OSError as exc:
-        sock.close()
         raise LabError(f"relay port {ifname!r}: {exc.strerror or exc}") from None
+    if not sock.promiscuous:
+        sock.close()
+        raise LabError(f"relay port {ifname!r}: promiscuous mode refused")
     return sock
 
 
@@ -197,7 +191,7 @@ class Relay:
         self._held: list[tuple[float, bytes] | None] = [None, None]
         self._heap: list[tuple[float, int, int, bytes]] = []
         self._seq = 0
-        self._out: tuple[socket.socket, socket.socket] | None = None
+        self._out: tuple[RawSocket, RawSocket] | None = None
 
     def stats(self) -> RelayStats:
         return self.counters.snapshot()
@@ -228,13 +222,13 @@ class Relay:
             sb.close()
         return self.stats()
 
-    def _loop(self, sa: socket.socket, sb: socket.socket, end: float | None) -> None:
+    def _loop(self, sa: RawSocket, sb: RawSocket, end: float | None) -> None:
         poller = select.poll()
         fds = (sa.fileno(), sb.fileno())
         for fd in fds:
             poller.register(fd, select.POLLIN)
-        out_fds = (sb.fileno(), sa.fileno())
-        batches = (Batch(self.batch_size), Batch(self.batch_size))
+        batches = (sa.batch(self.batch_size, SLOT_SIZE, out=sb),
+                   sb.batch(self.batch_size, SLOT_SIZE, out=sa))
         active = (self._impair[0].active, self._impair[1].active)
         counts = self._counts
         stop = self._stop
@@ -248,7 +242,7 @@ class Relay:
                 batch = batches[d]
                 c = counts[d]
                 for _ in range(8):  # drain a busy port a few batches before looking again
-                    n = batch.recv(fd)
+                    n = batch.recv()
                     if not n:
                         break
                     c[0] += n
@@ -257,9 +251,11 @@ class Relay:
                         for i in range(n):
                             self._impair_frame(d, batch.frame(i), now)
                     else:
-                        sent, failed = batch.send(out_fds[d], n)
-                        c[1] += sent
-                        c[7] += failed
+                        refused = batch.send_errors
+                        queued = batch.send_slots(batch.lengths, n)
+                        refused = batch.send_errors - refused
+                        c[1] += queued - refused
+                        c[7] += refused
                     if n < batch.count:
                         break
                 self._flush(d)
@@ -390,7 +386,7 @@ class RelayHandle:
         self.stop()
 
 
-def start_relay(lab: Lab, a: Host, b: Host, *, name: str = "relay", mtu: int = 1500,
+def start_relay(lab: _HostsAndCables, a: Host, b: Host, *, name: str = "relay", mtu: int = 1500,
                 rate: str | int | None = None, config: RelayConfig | None = None,
                 ready_timeout: float = 5.0, **impairment: Any) -> RelayHandle:
     """Create host `name`, cable a -- name -- b, and run a Relay between its two ports."""

@@ -46,6 +46,29 @@ def _address(buf: bytearray) -> int:
     return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
+def _send_all(fd: int, hdrs: int, total: int, strict: bool = False) -> int:
+    """Send the ``total`` messages of the mmsghdr array at address ``hdrs``, with as few
+    sendmmsg calls as the kernel allows; returns how many it refused.
+
+    A refused message (e.g. ENOBUFS, interface down) is skipped so one bad frame never
+    stalls the rest, or, with ``strict``, raised as OSError.
+    """
+    sent = refused = 0
+    while sent < total:
+        n = _sendmmsg(fd, hdrs + sent * _MMSGHDR_SIZE, total - sent, 0)
+        if n > 0:
+            sent += n
+            continue
+        err = ctypes.get_errno()
+        if n < 0 and err == errno.EINTR:
+            continue
+        if strict:
+            raise OSError(err, os.strerror(err))
+        refused += 1
+        sent += 1  # drop the message the kernel refused
+    return refused
+
+
 class _MsgVec:
     """An mmsghdr array whose entry i uses iovec i (one buffer per message)."""
 
@@ -69,10 +92,15 @@ class _MsgVec:
 
 
 class FrameBatch:
-    """``count`` receive slots of ``slot_size`` bytes on socket ``fd``, plus a send queue."""
+    """``count`` receive slots of ``slot_size`` bytes on socket ``fd``, plus a send queue
+    (sent on ``out_fd`` if given, else on ``fd``: a relay receives on one port and forwards
+    the same slots out of the other)."""
 
-    def __init__(self, fd: int | socket.socket, count: int = 64, slot_size: int = 9216) -> None:
+    def __init__(self, fd: int | socket.socket, count: int = 64, slot_size: int = 9216,
+                 out_fd: int | socket.socket | None = None) -> None:
         self.fd = fd if isinstance(fd, int) else fd.fileno()
+        self.out_fd = self.fd if out_fd is None else (
+            out_fd if isinstance(out_fd, int) else out_fd.fileno())
         self.count = count
         self.slot_size = slot_size
         self.buf = bytearray(count * slot_size)
@@ -113,6 +141,10 @@ class FrameBatch:
         if err in (errno.EAGAIN, errno.EINTR):
             return 0
         raise OSError(err, os.strerror(err))
+
+    def frame(self, i: int) -> bytes:
+        """A copy of received frame i."""
+        return bytes(self.views[i][: self.lengths[i]])
 
     def truncated(self, i: int) -> bool:
         """Whether frame i did not fit its slot."""
@@ -176,18 +208,8 @@ class FrameBatch:
         ``send_errors`` and skipped, so one bad frame never stalls the rest.
         """
         total = self.queued
-        sent = 0
-        addr = self._tx.hdr_addr
-        while sent < total:
-            n = _sendmmsg(self.fd, addr + sent * _MMSGHDR_SIZE, total - sent, 0)
-            if n > 0:
-                sent += n
-                continue
-            err = ctypes.get_errno()
-            if n < 0 and err == errno.EINTR:
-                continue
-            self.send_errors += 1
-            sent += 1  # drop the frame the kernel refused
+        if total:
+            self.send_errors += _send_all(self.out_fd, self._tx.hdr_addr, total)
         self.queued = 0
         return total
 
@@ -232,18 +254,8 @@ class GatherBatch:
         """Send every queued frame with one sendmmsg (more if the kernel takes fewer);
         a frame the kernel refuses is counted in ``send_errors`` and skipped."""
         total = self.queued
-        sent = 0
-        addr = self.hdr_addr
-        while sent < total:
-            n = _sendmmsg(self.fd, addr + sent * _MMSGHDR_SIZE, total - sent, 0)
-            if n > 0:
-                sent += n
-                continue
-            err = ctypes.get_errno()
-            if n < 0 and err == errno.EINTR:
-                continue
-            self.send_errors += 1
-            sent += 1
+        if total:
+            self.send_errors += _send_all(self.fd, self.hdr_addr, total)
         self.queued = 0
         return total
 
@@ -288,13 +300,5 @@ def send_many(fd: int, frames: list[bytes]) -> int:
     for i, b in enumerate(keep):
         vec.bases[i] = ctypes.addressof(b)
         vec.lens[i] = len(frames[i])
-    sent = 0
-    while sent < len(frames):
-        n = _sendmmsg(fd, vec.hdr_addr + sent * _MMSGHDR_SIZE, len(frames) - sent, 0)
-        if n <= 0:
-            err = ctypes.get_errno()
-            if err == errno.EINTR:
-                continue
-            raise OSError(err, os.strerror(err))
-        sent += n
-    return sent
+    _send_all(fd, vec.hdr_addr, len(frames), strict=True)
+    return len(frames)

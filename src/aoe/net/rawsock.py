@@ -1,7 +1,10 @@
-"""AF_PACKET sockets bound to one interface and the AoE EtherType.
+"""The one raw socket: AF_PACKET bound to one interface and (by default) the AoE EtherType.
 
-The socket ignores its own outgoing frames (otherwise a responder would answer itself),
-and exposes plain send/recv plus the interface's MAC and MTU, which every user needs.
+Every part of the project that puts frames on a link opens it here: the target, the
+initiator, the relay, the sniffer, the checks, the tests and the benchmarks. By default it
+ignores its own outgoing frames (otherwise a responder would answer itself); a sniffer asks
+for them instead. It exposes plain send/recv, the interface's MAC and MTU, and batches of
+frames per system call (:mod:`aoe.net.mmsg`).
 """
 
 from __future__ import annotations
@@ -10,12 +13,20 @@ import errno
 import fcntl
 import socket
 import struct
+from typing import TYPE_CHECKING
 
 from ..protocol.constants import ETHERTYPE_AOE
 
+if TYPE_CHECKING:
+    from .mmsg import FrameBatch
+
 SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
+ETH_P_ALL = 0x0003
+SO_ATTACH_FILTER = 26
 SIOCGIFMTU = 0x8921
 SIOCGIFHWADDR = 0x8927
 SO_SNDBUFFORCE = 32
@@ -54,37 +65,84 @@ def _ifreq(sock: socket.socket, ifname: str, request: int) -> bytes:
         raise interface_problem(ifname, exc) from None
 
 
-class RawSocket:
-    """A raw socket on ``ifname`` receiving only AoE frames (EtherType 0x88A2)."""
+def set_promiscuous(sock: socket.socket, ifname: str) -> bool:
+    """Ask for every frame on the link (released when the socket closes); False if refused."""
+    try:
+        index = socket.if_nametoindex(ifname)
+        mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+    except OSError:
+        return False
+    return True
 
-    def __init__(self, ifname: str, ethertype: int = ETHERTYPE_AOE, rcvbuf: int = 8 << 20) -> None:
+
+_FILTERS: list[object] = []
+
+
+def _ethertype_filter(ethertype: int) -> bytes:
+    """A classic BPF program keeping frames of one EtherType (a struct sock_fprog)."""
+    import ctypes
+
+    program = [
+        (0x28, 0, 0, 12),  # ldh [12]
+        (0x15, 0, 1, ethertype),  # jeq #ethertype, keep, drop
+        (0x06, 0, 0, 0x40000),  # keep: ret #262144
+        (0x06, 0, 0, 0),  # drop: ret #0
+    ]
+    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buf = ctypes.create_string_buffer(code)
+    _FILTERS.append(buf)  # the kernel copies it, but keep it alive until then
+    return struct.pack("HL", len(program), ctypes.addressof(buf))
+
+
+class RawSocket:
+    """A raw socket on ``ifname`` receiving only frames of ``ethertype`` (AoE by default).
+
+    ``promiscuous`` asks for frames addressed to other stations too (best effort: see
+    :attr:`promiscuous` for whether the kernel agreed); ``outgoing`` also shows the frames
+    this host sends, as a sniffer wants (then :meth:`recvfrom` tells them apart);
+    ``rcvbuf`` sizes both socket buffers, past the system limit when run as root.
+    """
+
+    def __init__(self, ifname: str, ethertype: int = ETHERTYPE_AOE, rcvbuf: int = 8 << 20, *,
+                 promiscuous: bool = False, outgoing: bool = False,
+                 timeout: float | None = None) -> None:
         self.ifname = ifname
         self.ethertype = ethertype
+        # Only ETH_P_ALL sockets are shown outgoing frames; a filter keeps the EtherType.
+        proto = ETH_P_ALL if outgoing else ethertype
         try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
         except PermissionError:
             raise InterfaceError(1, "raw sockets need root (CAP_NET_RAW)") from None
         self.sock = sock
         try:
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            for opt, force in ((socket.SO_RCVBUF, SO_RCVBUFFORCE),
-                               (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
-                    sock.setsockopt(socket.SOL_SOCKET, force, rcvbuf)  # past rmem_max: root
-                except OSError:
-                    pass
+            if outgoing:
+                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _ethertype_filter(ethertype))
+            else:
+                sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            self._size_buffers(rcvbuf)
             try:
-                sock.bind((ifname, ethertype))
+                sock.bind((ifname, proto))
             except OSError as exc:
                 raise interface_problem(ifname, exc) from None
             hwaddr = _ifreq(sock, ifname, SIOCGIFHWADDR)
             self.mac = hwaddr[18:24]
             self.hwtype = struct.unpack_from("H", hwaddr, 16)[0]  # ARPHRD_*: 1 is Ethernet
             self.mtu = struct.unpack_from("i", _ifreq(sock, ifname, SIOCGIFMTU), 16)[0]
+            self.promiscuous = promiscuous and set_promiscuous(sock, ifname)
+            sock.settimeout(timeout)
         except BaseException:
             sock.close()
             raise
+
+    def _size_buffers(self, size: int) -> None:
+        for opt, force in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, size)
+                self.sock.setsockopt(socket.SOL_SOCKET, force, size)  # past rmem_max: root
+            except OSError:
+                pass
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -94,6 +152,15 @@ class RawSocket:
         rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         return max(1, rcvbuf // frame_truesize(frame_len))
 
+    def batch(self, count: int = 64, slot_size: int = 9216,
+              out: RawSocket | None = None) -> FrameBatch:
+        """``count`` frame slots received from this socket with one system call and sent
+        with one (out of ``out`` if given, as a relay forwards)."""
+        from .mmsg import FrameBatch
+
+        return FrameBatch(self.sock, count, slot_size,
+                          out_fd=None if out is None else out.fileno())
+
     def send(self, frame: bytes | bytearray | memoryview) -> int:
         return self.sock.send(frame)
 
@@ -102,6 +169,11 @@ class RawSocket:
 
     def recv(self, size: int = 65536) -> bytes:
         return self.sock.recv(size)
+
+    def recvfrom(self, size: int = 65536) -> tuple[bytes, bool]:
+        """A frame and whether this host sent it (seen only with ``outgoing``)."""
+        raw, addr = self.sock.recvfrom(size)
+        return raw, addr[2] == PACKET_OUTGOING
 
     def settimeout(self, timeout: float | None) -> None:
         self.sock.settimeout(timeout)

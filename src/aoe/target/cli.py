@@ -11,12 +11,13 @@ from pathlib import Path
 import click
 
 from ..cli_types import ADDRESS, SIZE
+from ..protocol.mac import format_mac
 from .config import ConfigError, ServeConfig, load_config
 from .counters import Counters
-from .export import ExportError, ExportSpec
 from .logs import setup_logging
 from .server import InterfaceSpec, Target, TargetError
 from .state import StateError
+from .store import ExportSpec, StoreError
 
 log = logging.getLogger("aoe.target")
 
@@ -98,7 +99,7 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
                     announce=not no_announce, batch=batch, counters=counters)
     try:
         target.open()
-    except (TargetError, ExportError, StateError) as exc:
+    except (TargetError, StoreError, StateError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
         target.install_signal_handlers(lambda c: _print_counters(c, as_json))
@@ -111,14 +112,14 @@ def serve(iface: str | None, address: tuple[int, int] | None, file: str | None,
 
 def _print_ready(target: Target, as_json: bool) -> None:
     if as_json:
-        ports = [{"interface": p.name, "mac": p.sock.mac.hex(":"), "mtu": p.sock.mtu,
+        ports = [{"interface": p.name, "mac": format_mac(p.sock.mac), "mtu": p.sock.mtu,
                   "max_sectors": p.engine.max_sectors, "buffer_count": p.engine.buffer_count,
                   "exports": [e.spec.name for e in p.engine.exports]} for p in target.ports]
         click.echo(json.dumps({"ready": {"pid": os.getpid(), "ports": ports}}))
     else:
         for p in target.ports:
             names = ", ".join(e.spec.name for e in p.engine.exports)
-            click.echo(f"ready: {names} on {p.name} mac={p.sock.mac.hex(':')} "
+            click.echo(f"ready: {names} on {p.name} mac={format_mac(p.sock.mac)} "
                        f"mtu={p.sock.mtu} max_sectors={p.engine.max_sectors} "
                        f"buffer_count={p.engine.buffer_count}")
     sys.stdout.flush()

@@ -26,8 +26,8 @@ from typing import Any
 
 from .. import units
 from ..protocol.mac import parse_address
-from .export import ExportSpec
 from .server import InterfaceSpec
+from .store import ExportSpec
 
 _EXPORT_KEYS = {
     "address",
@@ -59,7 +59,7 @@ class ServeConfig:
     state_dir: str | None = None
 
 
-def parse_size(value: object, what: str) -> int:
+def config_size(value: object, what: str) -> int:
     """Bytes from an integer or a string such as ``"512M"``, ``"4G"``, ``"1MiB"``."""
     if not isinstance(value, (int, str)):
         raise ConfigError(f'{what}: expected a size such as 4096, "512M" or "4G", got {value!r}')
@@ -187,8 +187,8 @@ def _parse_export(ex: dict[str, Any], i: int, base: Path | None) -> ExportSpec:
         shelf=shelf,
         slot=slot,
         path=str(_resolve(path, base)),
-        offset=parse_size(ex.get("offset", 0), f"{where}.offset"),
-        length=parse_size(ex["length"], f"{where}.length") if "length" in ex else None,
+        offset=config_size(ex.get("offset", 0), f"{where}.offset"),
+        length=config_size(ex["length"], f"{where}.length") if "length" in ex else None,
         read_only=ex.get("read_only", False),
         direct=ex.get("direct", False),
         sync=ex.get("sync", False),

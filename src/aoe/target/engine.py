@@ -19,10 +19,9 @@ of padded frames out.
 from __future__ import annotations
 
 import logging
-import os
-import struct
 from collections.abc import Iterable, Sequence
 
+from ..protocol import fastpath as fp
 from ..protocol import frames as fr
 from ..protocol.ata import POWER_MODE_ACTIVE, AtaErrorBits, AtaOpcode, AtaStatus
 from ..protocol.constants import (
@@ -47,22 +46,19 @@ from ..protocol.errors import AoeError, DecodeError
 from ..protocol.mac import format_mac
 from . import counters as ck
 from .counters import Counters
-from .export import Export
+from .store import Store
 
 log = logging.getLogger("aoe.target")
 
 HEADER = fr.HEADER
 ATA_ARGS = fr.ATA_ARGS
 _HDR_UNPACK = HEADER.unpack_from
-_TAG_UNPACK = struct.Struct("!I").unpack_from
+_TAG_UNPACK = fp.TAG.unpack_from
 _HDR_PACK = HEADER.pack_into
 _ATA_UNPACK = ATA_ARGS.unpack_from
-# The request fields the fast path needs, in one little-endian unpack: dst, src, EtherType
-# (raw), version/flags, shelf+slot (raw, the export key), command, aflags, count, opcode, LBA.
-_REQ_UNPACK = struct.Struct("<6s6s2sBx3sB4xBxBBIH").unpack_from
-# A reply's first 16 bytes in one call: dst, src, EtherType (raw), version/flags, error.
-_REPLY_HEAD = struct.Struct("6s6s2sBB").pack_into
-_ETYPE = ETHERTYPE_AOE.to_bytes(2, "big")
+_REQ_UNPACK = fp.ATA_REQUEST_FIELDS.unpack_from  # the request fields the fast path needs
+_REPLY_HEAD = fp.REPLY_HEAD.pack_into
+_ETYPE = fp.ETHERTYPE_RAW
 
 FIRMWARE_VERSION = 0x0010  # 0.1.0
 DEFAULT_BUFFER_COUNT = 16
@@ -129,7 +125,7 @@ class Engine:
 
     def __init__(
         self,
-        exports: Sequence[Export],
+        exports: Sequence[Store],
         mac: bytes,
         mtu: int,
         counters: Counters | None = None,
@@ -145,13 +141,13 @@ class Engine:
         self.buffer_count = max(1, min(0xFFFF, buffer_count))
         self.counters = counters if counters is not None else Counters()
         self._debug = log.isEnabledFor(logging.DEBUG)  # -vv: log every general-path request
-        self.exports: list[Export] = list(exports)
-        self._by_key: dict[int, Export] = {}
+        self.exports: list[Store] = list(exports)
+        self._by_key: dict[int, Store] = {}
         for e in self.exports:
             if e.key in self._by_key:
                 raise ValueError(f"two exports share the address {e.shelf}.{e.slot}")
             self._by_key[e.key] = e
-        self._by_addr: dict[bytes, Export] = {
+        self._by_addr: dict[bytes, Store] = {
             e.shelf.to_bytes(2, "big") + bytes([e.slot]): e for e in self.exports
         }
         # Room for the largest frame the MTU allows (Ethernet header included).
@@ -203,9 +199,9 @@ class Engine:
         ``out[i]`` receives what :meth:`respond_in_place` would return for frame i (reply
         length, 0 to drop, -1 for :meth:`respond_slow`). A plain READ or WRITE is checked
         with one ``struct`` unpack and its reply header is made by swapping addresses in
-        place. Consecutive requests of one kind on adjacent sectors form a run that takes
-        a single system call: reads are ``preadv``-ed straight into the reply slots, writes
-        ``pwritev``-ed from the slots they arrived in (their replies are only sent after
+        place. Consecutive requests of one kind on adjacent sectors form a run that the store
+        takes with one call: reads land straight in the reply slots, writes go from the
+        slots they arrived in (their replies are only sent after
         that returned, so nothing is acknowledged before the store has it). Anything else
         goes through :meth:`_ata` after the pending run is done, so requests still take
         effect in arrival order. Returns the number of replies.
@@ -217,7 +213,7 @@ class Engine:
         reply_head = _REPLY_HEAD
         run: list[memoryview] = []  # data views of the pending run of adjacent requests
         run_idx: list[int] = []
-        run_exp: Export | None = None
+        run_exp: Store | None = None
         run_write = False
         run_pos = run_end = 0
         replies = 0
@@ -236,7 +232,7 @@ class Engine:
             if exp is None or exp.guarded:
                 out[i] = -1
                 continue
-            if 0 < count <= max_sectors and not exp.direct:
+            if 0 < count <= max_sectors:
                 nbytes = count << 9
                 end = ATA_HEADER_LEN + nbytes
                 if op == 0x24 or op == 0x20:
@@ -285,7 +281,7 @@ class Engine:
             flush(run_exp, run_write, run_pos, run_end, run, run_idx, views, out)  # type: ignore[arg-type]
         return replies
 
-    def _flush_run(self, exp: Export, write: bool, pos: int, end: int,
+    def _flush_run(self, exp: Store, write: bool, pos: int, end: int,
                    bufs: list[memoryview], idx: list[int], views: Sequence[memoryview],
                    out: list[int]) -> None:
         """Carry out a run of adjacent validated requests of one kind with one call."""
@@ -294,15 +290,14 @@ class Engine:
         else:
             self._read_run(exp, pos, end, bufs, idx, views, out)
 
-    def _write_run(self, exp: Export, pos: int, end: int, bufs: list[memoryview],
+    def _write_run(self, exp: Store, pos: int, end: int, bufs: list[memoryview],
                    idx: list[int], views: Sequence[memoryview], out: list[int]) -> None:
-        """Store the data of a run of adjacent writes with one pwritev, then finish their
+        """Store the data of a run of adjacent writes with one store call, then finish their
         (already addressed) 60-byte replies."""
         c = self.counters
         want = end - pos
         try:
-            got = os.pwritev(exp.fd, bufs, pos) if len(bufs) > 1 else exp.write_from(
-                bufs[0], pos)
+            got = exp.writev_from(bufs, pos)
         except OSError as exc:
             log.warning("write_failed", extra={"export": exp.spec.name, "err": str(exc)})
             got = -1
@@ -329,13 +324,13 @@ class Engine:
                 self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
                 out[i] = ETH_MIN_FRAME
 
-    def _read_run(self, exp: Export, pos: int, end: int, bufs: list[memoryview],
+    def _read_run(self, exp: Store, pos: int, end: int, bufs: list[memoryview],
                   idx: list[int], views: Sequence[memoryview], out: list[int]) -> None:
-        """Fill the data of a run of adjacent validated reads with one preadv."""
+        """Fill the data of a run of adjacent validated reads with one store call."""
         c = self.counters
         want = end - pos
         try:
-            got = os.preadv(exp.fd, bufs, pos)
+            got = exp.readv_into(bufs, pos)
         except OSError as exc:
             log.warning("read_failed", extra={"export": exp.spec.name, "err": str(exc)})
             got = -1
@@ -348,7 +343,7 @@ class Engine:
             p = pos
             pos += len(view)
             try:
-                ok = os.preadv(exp.fd, (view,), p) == len(view)
+                ok = exp.read_into(view, p) == len(view)
             except OSError:
                 ok = False
             if ok:
@@ -358,7 +353,7 @@ class Engine:
                 self._ata_error_rewrite(views[i], exp, _UNC, ck.ATA_IO)
                 out[i] = ETH_MIN_FRAME
 
-    def _ata_error_rewrite(self, buf: memoryview, exp: Export, err: int, kind: str) -> None:
+    def _ata_error_rewrite(self, buf: memoryview, exp: Store, err: int, kind: str) -> None:
         """Turn a reply header already written into an ATA error reply (keeps the tag)."""
         self.counters.error(kind)
         buf[25] = err
@@ -425,7 +420,7 @@ class Engine:
         return out
 
     # --- addressing -----------------------------------------------------------------
-    def _match(self, shelf: int, slot: int) -> list[Export]:
+    def _match(self, shelf: int, slot: int) -> list[Store]:
         if shelf != BROADCAST_SHELF and slot != BROADCAST_SLOT:
             e = self._by_key.get((shelf << 8) | slot)
             return [e] if e is not None else []
@@ -437,7 +432,7 @@ class Engine:
         ]
 
     # --- ATA ------------------------------------------------------------------------
-    def _ata_copy(self, frame: bytes, exp: Export, src: bytes, tag: int) -> bytes | None:
+    def _ata_copy(self, frame: bytes, exp: Store, src: bytes, tag: int) -> bytes | None:
         n = len(frame)
         # A frame longer than the MTU allows can only come from a test harness; its first
         # frame_size bytes hold everything a valid request can use.
@@ -447,7 +442,7 @@ class Engine:
         r = self._ata(buf, self._scratch_mv, n, exp, src, tag)
         return bytes(self._scratch_mv[:r]) if r else None
 
-    def _ata(self, buf: Buf, mv: memoryview, n: int, exp: Export, src: bytes,
+    def _ata(self, buf: Buf, mv: memoryview, n: int, exp: Store, src: bytes,
              tag: int) -> int:
         """Execute one ATA request held in ``buf`` and write the reply over it."""
         c = self.counters
@@ -510,7 +505,7 @@ class Engine:
             return end
         return self._ata_other(buf, exp, src, tag, aflags, feature, count, op, lo)
 
-    def _ata_other(self, buf: Buf, exp: Export, src: bytes, tag: int, aflags: int,
+    def _ata_other(self, buf: Buf, exp: Store, src: bytes, tag: int, aflags: int,
                    feature: int, count: int, op: int, lo: int) -> int:
         """The non-data-path ATA commands: IDENTIFY, FLUSH, CHECK POWER MODE, SMART."""
         c = self.counters
@@ -550,7 +545,7 @@ class Engine:
         buf[ATA_HEADER_LEN:end] = data
         return end
 
-    def _ata_error(self, buf: Buf, exp: Export, src: bytes, tag: int, err: int,
+    def _ata_error(self, buf: Buf, exp: Store, src: bytes, tag: int, err: int,
                    kind: str) -> int:
         """An ATA-level failure: AoE success, ATA status ERR with ``err`` bits set."""
         self.counters.error(kind)
@@ -560,7 +555,7 @@ class Engine:
         buf[ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD[ATA_HEADER_LEN:]
         return ETH_MIN_FRAME
 
-    def _aoe_error_in_place(self, buf: Buf, exp: Export, src: bytes, tag: int,
+    def _aoe_error_in_place(self, buf: Buf, exp: Store, src: bytes, tag: int,
                             code: AoeError) -> int:
         """An AoE-level error answering an ATA request: arguments echoed, no data."""
         self.counters.error(_AOE_ERROR_KIND[code])
@@ -570,7 +565,7 @@ class Engine:
         return ETH_MIN_FRAME
 
     # --- AoE errors for the general path -------------------------------------------
-    def _aoe_error(self, frame: bytes, exp: Export, src: bytes, code: AoeError,
+    def _aoe_error(self, frame: bytes, exp: Store, src: bytes, code: AoeError,
                    echo: int) -> bytes:
         """Echo the first ``echo`` bytes of the request with the error flag and code set."""
         self.counters.error(_AOE_ERROR_KIND[code])
@@ -582,7 +577,7 @@ class Engine:
             out += _PAD[: ETH_MIN_FRAME - len(out)]
         return out
 
-    def _reply(self, request: fr.Frame, exp: Export, body: fr.Body, error: int = 0) -> bytes:
+    def _reply(self, request: fr.Frame, exp: Store, body: fr.Body, error: int = 0) -> bytes:
         resp = fr.response_to(request, self.mac, body, error=error)
         resp.shelf, resp.slot = exp.shelf, exp.slot
         if error:
@@ -604,11 +599,11 @@ class Engine:
         return req
 
     # --- Query Config ----------------------------------------------------------------
-    def _config_body(self, exp: Export, ccmd: int) -> fr.ConfigBody:
+    def _config_body(self, exp: Store, ccmd: int) -> fr.ConfigBody:
         return fr.ConfigBody(self.buffer_count, FIRMWARE_VERSION, self.max_sectors, AOE_VERSION,
                              ccmd, exp.config)
 
-    def _query_config(self, frame: bytes, exp: Export, src: bytes) -> bytes | None:
+    def _query_config(self, frame: bytes, exp: Store, src: bytes) -> bytes | None:
         req = self._decode(frame)
         if req is None:
             return None
@@ -640,7 +635,7 @@ class Engine:
         return self._reply(req, exp, self._config_body(exp, ccmd))
 
     # --- MAC Mask List ---------------------------------------------------------------
-    def _mac_mask(self, frame: bytes, exp: Export, src: bytes) -> bytes | None:
+    def _mac_mask(self, frame: bytes, exp: Store, src: bytes) -> bytes | None:
         req = self._decode(frame)
         if req is None:
             return None
@@ -680,12 +675,12 @@ class Engine:
                                                      body.directives[:done]))
         return self._reply(req, exp, self._mask_list_body(exp, body.mcmd))
 
-    def _mask_list_body(self, exp: Export, mcmd: int = MaskCommand.READ) -> fr.MaskBody:
+    def _mask_list_body(self, exp: Store, mcmd: int = MaskCommand.READ) -> fr.MaskBody:
         return fr.MaskBody(mcmd, 0, [fr.Directive(DirectiveCommand.NONE, m)
                                      for m in exp.mask_list()])
 
     # --- Reserve/Release -----------------------------------------------------------------
-    def _reserve(self, frame: bytes, exp: Export, src: bytes) -> bytes | None:
+    def _reserve(self, frame: bytes, exp: Store, src: bytes) -> bytes | None:
         req = self._decode(frame)
         if req is None:
             return None
@@ -710,9 +705,9 @@ class Engine:
         return self._reply(req, exp, fr.ReserveBody(rcmd, exp.reserve_list()))
 
 
-def all_exports(engines: Iterable[Engine]) -> list[Export]:
+def all_exports(engines: Iterable[Engine]) -> list[Store]:
     """Distinct exports served by a set of engines, in first-seen order."""
-    seen: dict[int, Export] = {}
+    seen: dict[int, Store] = {}
     for e in engines:
         for x in e.exports:
             seen.setdefault(id(x), x)

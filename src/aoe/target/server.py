@@ -25,10 +25,11 @@ from ..net import link
 from ..net.mmsg import FrameBatch
 from ..net.rawsock import InterfaceError, RawSocket
 from ..protocol.constants import ETH_MIN_FRAME, MIN_MTU, max_sectors_for_mtu
+from ..protocol.mac import format_mac
 from . import counters as ck
 from .counters import Counters
 from .engine import Engine
-from .export import Export, ExportError, ExportSpec
+from .store import ExportSpec, Store, StoreError
 
 log = logging.getLogger("aoe.target")
 
@@ -114,7 +115,7 @@ class Target:
         self.announce = announce
         self.batch_size = batch
         self.counters = counters if counters is not None else Counters()
-        self.exports: list[Export] = []
+        self.exports: list[Store] = []
         self.ports: list[_Port] = []
         self._stop = False
         self._wake_r, self._wake_w = -1, -1
@@ -144,8 +145,8 @@ class Target:
             for ifs in self.ifspecs:
                 socks.append((ifs, _open_interface(ifs)))
             for spec in self.specs:
-                self.exports.append(Export.open(spec, self.state_dir))
-        except ExportError as exc:
+                self.exports.append(Store.open(spec, self.state_dir))
+        except StoreError as exc:
             for _, s in socks:
                 s.close()
             raise TargetError(str(exc)) from None
@@ -165,7 +166,7 @@ class Target:
             self.ports.append(_Port(ifs.name, sock, engine, batch))
             log.info(
                 "serving",
-                extra={"interface": ifs.name, "mtu": sock.mtu, "mac": sock.mac.hex(":"),
+                extra={"interface": ifs.name, "mtu": sock.mtu, "mac": format_mac(sock.mac),
                        "exports": [e.spec.name for e in served],
                        "max_sectors": engine.max_sectors, "buffer_count": bufcnt},
             )

@@ -28,7 +28,7 @@ from scapy.fields import Field as _Field
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, bind_layers
 
-ETHERTYPE_AOE = 0x88A2
+from ..protocol.constants import ETHERTYPE_AOE
 
 _COMMANDS = {0: "ata", 1: "query_config", 2: "mac_mask_list", 3: "reserve_release"}
 _ERRORS = {

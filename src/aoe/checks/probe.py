@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..net.rawsock import SOL_PACKET, RawSocket
+from ..net.rawsock import RawSocket
 from ..protocol import (
     BROADCAST_MAC,
     AtaBody,
@@ -33,8 +31,6 @@ from ..protocol import (
 )
 from ..protocol.ata import lba_field
 
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_MR_PROMISC = 1
 _RESPONSE = int(HeaderFlag.RESPONSE)
 
 
@@ -71,17 +67,6 @@ def decode_reply(raw: bytes, rtt: float = 0.0) -> Reply | None:
         return None
 
 
-def set_promiscuous(sock: socket.socket, ifname: str) -> bool:
-    """Ask for every frame on the link (released when the socket closes); False if refused."""
-    try:
-        index = socket.if_nametoindex(ifname)
-        mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
-        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-    except OSError:
-        return False
-    return True
-
-
 class Probe:
     """Talks to the target ``shelf.slot`` through ``ifname``.
 
@@ -104,11 +89,11 @@ class Probe:
         self.slot = slot
         self.timeout = timeout
         self.retries = retries
-        self.sock = RawSocket(ifname)
+        self.sock = RawSocket(ifname, promiscuous=promiscuous)
         self.mac: bytes = self.sock.mac
         self.mtu: int = self.sock.mtu
         self.target_mac: bytes | None = None
-        self.promiscuous = promiscuous and set_promiscuous(self.sock.sock, ifname)
+        self.promiscuous = self.sock.promiscuous
         self._tag = random.Random(os.getpid() ^ time.monotonic_ns()).getrandbits(31)
         self._buf = bytearray(65536)
 

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aoe.checks.probe import Probe
 from aoe.lab import Host
-from aoe.lab.conformance_probe import Probe
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
 
 AOE = str(Path(sys.executable).with_name("aoe"))
 SECTORS = 16384  # 8 MiB images: the fuzzer checksums all of it outside the scratch range

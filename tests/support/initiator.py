@@ -1,8 +1,8 @@
 """Helpers for the initiator tests: targets (vblade or `aoe serve`) in a lab host, images,
 and an initiator-side handle that opens AoeDisks inside the initiator's namespace.
 
-Kept in a test_initiator_* module (collected, but it holds no tests) so every initiator
-test module can import from it.
+
+
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One path to a target (local port + target MAC): its congestion window and RTT estimate.
+"""The window of one path to a target (local port + target MAC): congestion window, RTT
+estimate and retransmit timer.
 
 The window follows AIMD: slow start up to ``ssthresh``, then one frame per window of
 answers (applied inline in the session's receive loop); a round of losses halves it. It
@@ -11,12 +12,12 @@ reset by the next clean sample.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from typing import Any
 
 from ..net.rawsock import RawSocket
 from ..protocol.constants import ETHERTYPE_AOE, Command
+from ..protocol.fastpath import ATA_PREFIX
 
 INITIAL_WINDOW = 4
 INITIAL_SLACK = 3  # later frames answered before an earlier one counts as lost
@@ -31,9 +32,6 @@ QUEUE_FACTOR = 4
 # its retransmission timer (measured: spurious resends, see docs/performance.md).
 MAX_WINDOW = 128
 QUEUE_ALLOWANCE = 0.002
-# Everything before the tag of a request: dst, src, EtherType, ver/flags, error, shelf,
-# slot, command. Built once per path.
-PREFIX = struct.Struct("!6s6sHBBHBB")
 VERSION_FLAGS = 0x10  # AoE version 1, no flags
 
 
@@ -47,15 +45,14 @@ class MacBudget:
         self.outstanding = 0
 
 
-class Path:
-    """State of one (local interface, target MAC) pair."""
+class PathWindow:
+    """Window, timers and state of one path: a (local interface, target MAC) pair."""
 
     __slots__ = (
         "index",
         "port",
         "io",
         "tx",
-        "txmv",
         "ifname",
         "target_mac",
         "budget",
@@ -107,14 +104,13 @@ class Path:
     ) -> None:
         self.index = index
         self.port = port
-        self.io: Any = None  # the session's batched I/O on ``port``
-        self.tx: Any = None
-        self.txmv: Any = None
+        self.io: Any = None  # key of the local port this path sends on (set by the session)
+        self.tx: Any = None  # the outbox frames to send are written into
         self.ifname = port.ifname
         self.target_mac = target_mac
         self.budget = budget
         self.frame_sectors = frame_sectors
-        self.prefix = PREFIX.pack(
+        self.prefix = ATA_PREFIX.pack(
             target_mac, port.mac, ETHERTYPE_AOE, VERSION_FLAGS, 0, shelf, slot, Command.ATA
         )
         limit = budget.limit if max_window is None else max(1, min(budget.limit, max_window))

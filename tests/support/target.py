@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from aoe.lab import Host, Lab
-from aoe.lab.testing import TwoHosts
+from aoe.lab.pair import TwoHosts
+from aoe.net.rawsock import RawSocket
 from aoe.protocol import (
     AtaBody,
     AtaFlag,
@@ -27,7 +27,6 @@ from aoe.protocol import (
 )
 from aoe.protocol.errors import DecodeError
 
-ETH_P_AOE = 0x88A2
 AOE_BIN = str(Path(sys.executable).with_name("aoe"))
 SHELF, SLOT = 7, 3
 
@@ -51,12 +50,9 @@ class Client:
 
     def __init__(self, host: Host, ifname: str = "eth0") -> None:
         with host.enter():
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_AOE))
-        s.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.bind((ifname, ETH_P_AOE))
-        self.sock = s
-        self.mac: bytes = s.getsockname()[4]
+            raw = RawSocket(ifname, rcvbuf=4 << 20)
+        self.sock = raw.sock
+        self.mac: bytes = raw.mac
         self._tag = 0x1000
 
     def close(self) -> None:

@@ -16,8 +16,8 @@ from ..protocol import (
     HeaderFlag,
     format_mac,
 )
-from .conformance import Context, Failed, aoe_error, expect_answer
-from .conformance_probe import Probe, Reply
+from .context import Context, Failed, aoe_error, expect_answer
+from .probe import Probe, Reply
 
 UNKNOWN_COMMAND = 0x7E  # below the vendor range 0xF0-0xFF, unassigned in r11
 HEADER_CHECKS = [

@@ -5,7 +5,7 @@ target (capacity, limits, config string, reservation, mask list), finds an addre
 answers (the "void"), and checksums the data outside the scratch range over the network.
 After it, it forces config string and reservation back, checks the target still answers
 Query Config and IDENTIFY, checksums the same sectors again, and writes the scratch range's
-original data back. The write-safety rule is described in :mod:`aoe.lab.fuzz_frames`.
+original data back. The write-safety rule is described in :mod:`aoe.checks.fuzz_frames`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from ..protocol import (
     parse_identify,
 )
 from ..protocol.constants import SECTOR_SIZE
-from .conformance_probe import Probe, decode_reply
 from .fuzz_frames import FrameFactory, FuzzTarget
+from .probe import Probe, decode_reply
 
 DEFAULT_VERIFY_SECTORS = 16384  # checksum the whole device up to 8 MiB, else samples
 SAMPLE_SECTORS = 2048
@@ -145,7 +145,7 @@ def run_fuzz(
     """Send up to ``count`` fuzz frames (for at most ``duration`` seconds) at ``shelf.slot``.
 
     Writes land only in ``scratch`` = (first LBA, sectors), or nowhere without one; see
-    :mod:`aoe.lab.fuzz_frames`. ``rate`` caps frames per second (None: as fast as the
+    :mod:`aoe.checks.fuzz_frames`. ``rate`` caps frames per second (None: as fast as the
     target keeps up: every ``batch`` frames a Query Config round trip waits for it).
     """
     if count < 0:

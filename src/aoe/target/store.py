@@ -1,6 +1,7 @@
-"""Exports: a file or block device (or a slice of one) seen as numbered 512-byte sectors.
+"""The target's store: a file or block device (or a slice of one) seen as numbered 512-byte
+sectors, served as one shelf.slot (an export, described by :class:`ExportSpec`).
 
-An :class:`Export` owns the open file descriptor, the slice bounds, the options (read-only,
+A :class:`Store` owns the open file descriptor, the slice bounds, the options (read-only,
 O_DIRECT, O_SYNC) and the state initiators may change (config string, MAC mask list,
 reservations). The request engine reads the plain attributes directly on its fast path.
 """
@@ -13,6 +14,7 @@ import mmap
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ MAX_CONFIG = 1024
 DIRECT_ALIGN = 4096  # buffer alignment used for O_DIRECT; also fine for 512-byte devices
 
 
-class ExportError(Exception):
+class StoreError(Exception):
     """An export cannot be opened as configured (missing file, bad slice, bad options)."""
 
 
@@ -62,7 +64,7 @@ def store_size(fd: int) -> tuple[int, bool]:
         return struct.unpack("Q", buf)[0], True
     if stat.S_ISREG(st.st_mode):
         return st.st_size, False
-    raise ExportError("not a regular file or block device")
+    raise StoreError("not a regular file or block device")
 
 
 def default_serial(spec: ExportSpec, realpath: str) -> str:
@@ -73,7 +75,7 @@ def default_serial(spec: ExportSpec, realpath: str) -> str:
     return "PYAOE" + digest[:15].upper()
 
 
-class Export:
+class Store:
     """One open export. Create with :meth:`open`; close when done."""
 
     def __init__(
@@ -115,18 +117,18 @@ class Export:
 
     # --- construction ---------------------------------------------------------------
     @classmethod
-    def open(cls, spec: ExportSpec, state_dir: str | Path | None = None) -> Export:
+    def open(cls, spec: ExportSpec, state_dir: str | Path | None = None) -> Store:
         """Open the backing store and load (or create) the saved state."""
         if not 0 <= spec.shelf <= 0xFFFE or not 0 <= spec.slot <= 0xFE:
-            raise ExportError(f"{spec.name}: shelf must be 0-65534 and slot 0-254")
+            raise StoreError(f"{spec.name}: shelf must be 0-65534 and slot 0-254")
         if spec.offset < 0 or spec.offset % SECTOR_SIZE:
-            raise ExportError(f"{spec.name}: offset {spec.offset} is not a multiple of 512")
+            raise StoreError(f"{spec.name}: offset {spec.offset} is not a multiple of 512")
         if spec.length is not None and (spec.length <= 0 or spec.length % SECTOR_SIZE):
-            raise ExportError(
+            raise StoreError(
                 f"{spec.name}: length {spec.length} is not a positive multiple of 512"
             )
         if spec.config is not None and len(spec.config) > MAX_CONFIG:
-            raise ExportError(f"{spec.name}: config string is longer than 1024 bytes")
+            raise StoreError(f"{spec.name}: config string is longer than 1024 bytes")
         flags = os.O_CLOEXEC | (os.O_RDONLY if spec.read_only else os.O_RDWR)
         if spec.direct:
             flags |= os.O_DIRECT
@@ -139,36 +141,36 @@ class Export:
             except PermissionError:
                 fd = os.open(spec.path, flags)
         except FileNotFoundError:
-            raise ExportError(f"{spec.name}: {spec.path}: no such file or device") from None
+            raise StoreError(f"{spec.name}: {spec.path}: no such file or device") from None
         except IsADirectoryError:
-            raise ExportError(f"{spec.name}: {spec.path} is a directory") from None
+            raise StoreError(f"{spec.name}: {spec.path} is a directory") from None
         except OSError as exc:
             hint = ""
             if spec.direct and exc.errno == 22:
                 hint = " (this file system does not support O_DIRECT)"
-            raise ExportError(
+            raise StoreError(
                 f"{spec.name}: cannot open {spec.path}: {exc.strerror}{hint}"
             ) from None
         try:
             try:
                 total, is_device = store_size(fd)
-            except ExportError as exc:
-                raise ExportError(f"{spec.name}: {spec.path}: {exc}") from None
+            except StoreError as exc:
+                raise StoreError(f"{spec.name}: {spec.path}: {exc}") from None
             if spec.direct:
                 _check_direct_alignment(spec, fd, is_device)
             if spec.offset >= total and total:
-                raise ExportError(
+                raise StoreError(
                     f"{spec.name}: offset {spec.offset} is past the end of {spec.path} "
                     f"({total} bytes)"
                 )
             size = total - spec.offset if spec.length is None else spec.length
             if spec.offset + size > total:
-                raise ExportError(
+                raise StoreError(
                     f"{spec.name}: offset {spec.offset} + length {size} is past the end of "
                     f"{spec.path} ({total} bytes)"
                 )
             if size < SECTOR_SIZE:
-                raise ExportError(f"{spec.name}: {spec.path} exports less than one sector")
+                raise StoreError(f"{spec.name}: {spec.path} exports less than one sector")
             state = _load_state(spec, state_dir)
             return cls(spec, fd, size, state, is_device)
         except BaseException:
@@ -183,14 +185,14 @@ class Export:
             self._bounce.close()
             self._bounce = None
 
-    def __enter__(self) -> Export:
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Export({self.spec.name}, {self.spec.path!r}, sectors={self.sectors})"
+        return f"Store({self.spec.name}, {self.spec.path!r}, sectors={self.sectors})"
 
     # --- I/O ------------------------------------------------------------------------
     def read_into(self, view: memoryview, pos: int) -> int:
@@ -215,6 +217,32 @@ class Export:
             if w <= 0:
                 break
             done += w
+        return done
+
+    def readv_into(self, views: Sequence[memoryview], pos: int) -> int:
+        """Fill ``views`` one after another from byte ``pos``: one preadv for a run of
+        adjacent requests. Returns the bytes read; short when the store failed part way."""
+        if self._bounce is None:
+            return os.preadv(self.fd, views, pos)
+        done = 0  # O_DIRECT: each piece through the aligned bounce buffer
+        for view in views:
+            got = self.read_into(view, pos + done)
+            done += got
+            if got != len(view):
+                break
+        return done
+
+    def writev_from(self, views: Sequence[memoryview], pos: int) -> int:
+        """Write ``views`` one after another at byte ``pos``: one pwritev for a run of
+        adjacent requests. Returns the bytes the kernel took; short when it failed part way."""
+        if self._bounce is None and len(views) > 1:
+            return os.pwritev(self.fd, views, pos)
+        done = 0  # one piece, or O_DIRECT: each through the aligned bounce buffer
+        for view in views:
+            put = self.write_from(view, pos + done)
+            done += put
+            if put != len(view):
+                break
         return done
 
     def flush(self) -> None:
@@ -279,7 +307,7 @@ def _check_direct_alignment(spec: ExportSpec, fd: int, is_device: bool) -> None:
         except OSError:
             pass
     if block > SECTOR_SIZE:
-        raise ExportError(
+        raise StoreError(
             f"{spec.name}: {spec.path} has {block}-byte logical blocks; O_DIRECT needs 512"
         )
 
@@ -299,7 +327,7 @@ def _load_state(spec: ExportSpec, state_dir: str | Path | None) -> ExportState:
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ExportError(f"cannot create state directory {d}: {exc.strerror}") from None
+            raise StoreError(f"cannot create state directory {d}: {exc.strerror}") from None
         path = d / state_file_name(spec)
     state = ExportState.load(path)
     fresh = state is None

@@ -21,7 +21,7 @@ from typing import Any
 from aoe.initiator import AoeDisk
 from aoe.lab import Host, Lab
 
-from .target_support import AOE_BIN, _read_line, rss_kib
+from .target import AOE_BIN, _read_line, rss_kib
 
 MIB = 1 << 20
 

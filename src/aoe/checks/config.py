@@ -16,8 +16,8 @@ from ..protocol import (
 )
 from ..protocol.constants import MAX_CONFIG_STRING
 from ..protocol.frames import CONFIG_ARGS
-from .conformance import Context, Failed, Unsupported, aoe_error, expect_answer
-from .conformance_probe import Reply
+from .context import Context, Failed, Unsupported, aoe_error, expect_answer
+from .probe import Reply
 
 STATE_CHECKS = [
     "config.set-when-empty",

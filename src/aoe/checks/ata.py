@@ -8,8 +8,8 @@ import random
 from ..protocol import AoeError, AtaErrorBits, AtaOpcode, AtaStatus, parse_identify
 from ..protocol.ata import LBA28_MAX_SECTORS
 from ..protocol.constants import SECTOR_SIZE, max_sectors_for_mtu
-from .conformance import Context, Failed, Unsupported, aoe_error, expect_answer
-from .conformance_probe import Reply
+from .context import Context, Failed, Unsupported, aoe_error, expect_answer
+from .probe import Reply
 
 BAD_STATUS = AtaStatus.ERR | AtaStatus.BSY | AtaStatus.DF | AtaStatus.DRQ
 REFUSAL_BITS = AtaErrorBits.ABRT | AtaErrorBits.IDNF

@@ -16,129 +16,39 @@ and written back at the end; config string, MAC mask list and reservation are re
 
 from __future__ import annotations
 
-import enum
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
-from ..protocol import ConfigBody, IdentifyInfo, format_mac
-from .conformance_probe import Probe, Reply
+from ..protocol import AtaOpcode, ConfigBody, format_mac
+from .access import MASK_ALL, RESERVE_ALL, check_mask, check_reserve
+from .ata import ATA_CHECKS, WRITE_CHECKS, check_ata, check_scratch_writes
+from .config import CONFIG_CHECKS, check_config
+from .context import CheckFn, CheckResult, Context, Status
+from .header import HEADER_CHECKS, check_header
+from .probe import Probe
+
+__all__ = [
+    "AREAS",
+    "CheckResult",
+    "Status",
+    "all_check_names",
+    "failed",
+    "format_markdown",
+    "format_table",
+    "run_conformance",
+    "summary",
+    "to_json",
+]
 
 
-class Status(enum.StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    NOT_SUPPORTED = "not-supported"
-    SKIPPED = "skipped"
-
-
-@dataclass(slots=True)
-class CheckResult:
-    """One check: a dotted id (area.name), its status and a one-line detail."""
-
-    check: str
-    status: Status
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        out = asdict(self)
-        out["status"] = self.status.value
-        return out
-
-
-class Unsupported(Exception):
-    """Raised inside a check: the target lacks the feature (message says how we know)."""
-
-
-class Failed(Exception):
-    """Raised inside a check: the target misbehaved (message says how)."""
-
-
-@dataclass
-class Context:
-    """What the checks share: the probe, what was learned about the target, the results."""
-
-    probe: Probe
-    read_only: bool
-    scratch: tuple[int, int] | None
-    results: list[CheckResult] = field(default_factory=list)
-    config: bytes = b""
-    max_sectors: int = 1
-    identify: IdentifyInfo | None = None
-    mask_supported: bool | None = None
-    reserve_supported: bool | None = None
-    scratch_data: bytes = b""
-    scratch_ok: bool = False
-
-    @property
-    def capacity(self) -> int:
-        return self.identify.sectors if self.identify else 0
-
-    def record(self, check: str, status: Status, detail: str = "") -> None:
-        self.results.append(CheckResult(check, status, detail))
-
-    def status_of(self, check: str) -> Status | None:
-        for result in self.results:
-            if result.check == check:
-                return result.status
-        return None
-
-    @contextmanager
-    def check(self, name: str) -> Iterator[list[str]]:
-        """Run a check body; it appends details to the yielded list and raises Failed or
-        Unsupported to end early. Reaching the end is a pass."""
-        notes: list[str] = []
-        try:
-            yield notes
-        except Failed as exc:
-            self.record(name, Status.FAIL, str(exc))
-        except Unsupported as exc:
-            self.record(name, Status.NOT_SUPPORTED, str(exc))
-        except (OSError, ValueError, TypeError) as exc:
-            self.record(name, Status.FAIL, f"{type(exc).__name__}: {exc}")
-        else:
-            self.record(name, Status.PASS, "; ".join(notes))
-
-    def expect(self, reply: Reply | None, what: str) -> Reply:
-        """Like expect_answer, but says whether the target still answers anything at all."""
-        if reply is None:
-            if self.probe.config(retries=0) is None:
-                raise Failed(f"no answer to {what}, and none to Query Config since: "
-                             "the target stopped answering (crashed or shut us out)")
-            raise Failed(f"no answer to {what}")
-        return reply
-
-    def skip(self, names: list[str], why: str) -> None:
-        for name in names:
-            self.record(name, Status.SKIPPED, why)
-
-
-def expect_answer(reply: Reply | None, what: str) -> Reply:
-    if reply is None:
-        raise Failed(f"no answer to {what}")
-    return reply
-
-
-def aoe_error(reply: Reply) -> int:
-    """The AoE error code of an answer, 0 when its Error flag is clear."""
-    return reply.frame.error if reply.frame.is_error else 0
-
-
-CheckFn = Callable[[Context], None]
 AREAS = ("header", "config", "ata", "write", "reserve", "mask")
 
 
 def _suites() -> list[tuple[str, CheckFn, list[str]]]:
     """(area, checks, their names), least disruptive first: the mask checks go last because
     a broken list implementation can shut the prober out or bring the target down."""
-    from .conformance_access import MASK_ALL, RESERVE_ALL, check_mask, check_reserve
-    from .conformance_ata import ATA_CHECKS, WRITE_CHECKS, check_ata, check_scratch_writes
-    from .conformance_config import CONFIG_CHECKS, check_config
-    from .conformance_header import HEADER_CHECKS, check_header
-
     return [
         ("header", check_header, HEADER_CHECKS),
         ("config", check_config, CONFIG_CHECKS),
@@ -212,8 +122,6 @@ def run_conformance(
 
 
 def _alive(ctx: Context) -> bool:
-    from ..protocol import AtaOpcode
-
     probe = ctx.probe
     return (probe.config() is not None
             and probe.ata(AtaOpcode.IDENTIFY_DEVICE, 0, 1) is not None)

@@ -295,7 +295,7 @@ class FrameFactory:
     # --- the safety rule ------------------------------------------------------------------
     def reaches_target(self, raw: bytes) -> tuple[bool, bool]:
         """(addressed to the target at all, by broadcast) from the raw shelf/slot bytes."""
-        if len(raw) < 19 or raw[12:14] != b"\x88\xa2":
+        if len(raw) < 19 or int.from_bytes(raw[12:14], "big") != ETHERTYPE_AOE:
             return False, False
         shelf, slot = struct.unpack_from("!HB", raw, 16)
         shelf_ok = shelf in (self.t.shelf, BROADCAST_SHELF)

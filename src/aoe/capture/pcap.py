@@ -1,10 +1,11 @@
-"""Classic pcap files: enough to read captures and write test captures, no dependency."""
+"""Classic pcap files: read captures, write them as frames come; no dependency."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -39,9 +40,33 @@ def read_pcap(path: Path) -> Iterator[tuple[float, bytes]]:
         pos += caplen
 
 
+class PcapWriter:
+    """A classic microsecond pcap written record by record, flushed as it goes, so a
+    capture cut short (Ctrl-C, kill) is still a readable file."""
+
+    def __init__(self, path: Path) -> None:
+        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
+        self._f.flush()
+
+    def write(self, stamp: float, raw: bytes) -> None:
+        sec = int(stamp)
+        self._f.write(struct.pack("<IIII", sec, int((stamp - sec) * 1e6), len(raw), len(raw)))
+        self._f.write(raw)
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> PcapWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_pcap(path: Path, frames: list[bytes]) -> None:
-    """Write frames as a classic microsecond Ethernet pcap (used by tests and tools)."""
-    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET)]
-    for i, frame in enumerate(frames):
-        out.append(struct.pack("<IIII", i, 0, len(frame), len(frame)) + frame)
-    path.write_bytes(b"".join(out))
+    """Write frames as a classic microsecond Ethernet pcap, frame i stamped i seconds."""
+    with PcapWriter(path) as writer:
+        for i, frame in enumerate(frames):
+            writer.write(float(i), frame)

@@ -1,5 +1,5 @@
 """Live AoE traffic tools: watch frames on a link (`aoe sniff`) and probe a target
-(`aoe ping`). Both are library calls; the click commands in :mod:`aoe.tools_cli` only
+(`aoe ping`). Both are library calls; the click commands in :mod:`aoe.capture.cli` only
 print what these return.
 
 The sniffer's socket does not ignore outgoing frames (unlike the data-path socket): on
@@ -8,21 +8,17 @@ a host that is itself an initiator or a target, both directions are part of the 
 
 from __future__ import annotations
 
-import ctypes
-import socket
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from .lab.conformance_probe import Probe, Reply, set_promiscuous
-from .net.rawsock import interface_problem
-from .protocol import (
+from ..checks.probe import Probe, Reply
+from ..net.rawsock import RawSocket
+from ..protocol import (
     BROADCAST_SHELF,
     BROADCAST_SLOT,
-    ETHERTYPE_AOE,
     AtaOpcode,
     Command,
     DecodeError,
@@ -30,7 +26,8 @@ from .protocol import (
     decode,
     format_mac,
 )
-from .protocol.describe import describe, to_dict
+from ..protocol.describe import describe, to_dict
+from .pcap import PcapWriter
 
 COMMAND_NAMES = {
     "ata": Command.ATA,
@@ -38,34 +35,6 @@ COMMAND_NAMES = {
     "mask": Command.MAC_MASK_LIST,
     "reserve": Command.RESERVE_RELEASE,
 }
-PACKET_OUTGOING = 4
-ETH_P_ALL = 0x0003
-SO_ATTACH_FILTER = 26
-
-
-class PcapWriter:
-    """A classic microsecond pcap written record by record, flushed as it goes, so a
-    capture cut short (Ctrl-C, kill) is still a readable file."""
-
-    def __init__(self, path: Path) -> None:
-        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
-        self._f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        self._f.flush()
-
-    def write(self, stamp: float, raw: bytes) -> None:
-        sec = int(stamp)
-        self._f.write(struct.pack("<IIII", sec, int((stamp - sec) * 1e6), len(raw), len(raw)))
-        self._f.write(raw)
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(slots=True)
@@ -133,43 +102,9 @@ def wanted(cap: Captured, target: tuple[int, int] | None, commands: set[int] | N
     return True
 
 
-def _aoe_only_filter() -> bytes:
-    """A classic BPF program keeping frames whose EtherType is AoE (struct sock_fprog)."""
-    program = [
-        (0x28, 0, 0, 12),  # ldh [12]
-        (0x15, 0, 1, ETHERTYPE_AOE),  # jeq #0x88a2, keep, drop
-        (0x06, 0, 0, 0x40000),  # keep: ret #262144
-        (0x06, 0, 0, 0),  # drop: ret #0
-    ]
-    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
-    buf = ctypes.create_string_buffer(code)
-    _FILTERS.append(buf)  # the kernel copies it, but keep it alive until then
-    return struct.pack("HL", len(program), ctypes.addressof(buf))
-
-
-_FILTERS: list[ctypes.Array[ctypes.c_char]] = []
-
-
-def open_sniffer(ifname: str, promiscuous: bool = True) -> socket.socket:
-    """A raw socket seeing every AoE frame on ``ifname``, both directions.
-
-    It listens to all EtherTypes (only such sockets are shown outgoing frames) and keeps
-    AoE with an in-kernel filter.
-    """
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _aoe_only_filter())
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        try:
-            sock.bind((ifname, ETH_P_ALL))
-        except OSError as exc:
-            raise interface_problem(ifname, exc) from None
-        if promiscuous:
-            set_promiscuous(sock, ifname)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+def open_sniffer(ifname: str, promiscuous: bool = True) -> RawSocket:
+    """A raw socket seeing every AoE frame on ``ifname``, both directions."""
+    return RawSocket(ifname, promiscuous=promiscuous, outgoing=True)
 
 
 def sniff(
@@ -202,10 +137,10 @@ def sniff(
                 break
             sock.settimeout(left)
             try:
-                raw, addr = sock.recvfrom(65536)
+                raw, outgoing = sock.recvfrom(65536)
             except TimeoutError:
                 break
-            cap = classify(raw, time.time(), addr[2] == PACKET_OUTGOING)
+            cap = classify(raw, time.time(), outgoing)
             if not wanted(cap, target, commands):
                 continue
             got.append(cap)

@@ -25,8 +25,8 @@ from ..protocol import (
     ReserveCommand,
     format_mac,
 )
-from .conformance import Context, Failed, Status, Unsupported, aoe_error, expect_answer
-from .conformance_probe import Probe, Reply
+from .context import Context, Failed, Status, Unsupported, aoe_error, expect_answer
+from .probe import Probe, Reply
 
 MASK_CHECKS = ["mask.bad-mcmd", "mask.add", "mask.bad-directive", "mask.acl", "mask.delete",
                "mask.restore"]

@@ -1,0 +1,725 @@
+"""The session core: every decision of an initiator session, without sockets or clocks.
+
+The core is driven from outside, in the manner of a sans-I/O protocol object: the I/O
+layer (session.py) hands it requests, batches of received frames and the time, and the
+core answers with frames to send and requests that are over. It never reads a clock,
+opens a socket or sleeps, so its hardest logic (window, RTT/RTO, retransmit, dead target,
+multipath) can be tested with a fake clock and hand-made answers.
+
+* :meth:`SessionCore.submit` queues a request; :meth:`SessionCore.next_frames` cuts queued
+  requests into frames while windows have room;
+* :meth:`SessionCore.on_answers` takes one received batch (a buffer of fixed-size slots and
+  their lengths, as recvmmsg fills it) and copies read data straight from the slots into
+  the callers' buffers;
+* :meth:`SessionCore.on_timer` retransmits what is overdue, marks silent paths down, builds
+  Query Config probes for them, and says when the target is to be declared dead;
+* :meth:`SessionCore.take_completed` hands back the requests that ended (``error`` says how).
+
+Frames to send are written as send instructions into each path's *outbox* (``path.tx``),
+an object the I/O layer provides: ``BATCH`` header slots of ``TX_HEAD`` bytes in ``buf``,
+``queued``, and per slot ``data_addrs``/``data_lens`` naming a write's payload where the
+caller's buffer holds it (so payload is never copied). When an outbox is full the core
+calls its ``flush()`` to have it drained; everything else about sending is the I/O
+layer's business. ``path.io`` is an opaque key for the local port a path sends on: an
+answer counts only if it arrived on the port its tag went out on.
+
+Tags: every transmission gets a fresh tag (sequence number << 8 | path index); a frame
+keeps all its tags while outstanding, so a late answer to an earlier transmission still
+counts, while answers to unknown tags (stale, duplicated, forged) are dropped and counted.
+A frame is resent at once when frames sent after it on its path were answered (with a
+slack that widens if the path turns out to reorder), otherwise by the timer once it is
+older than its path's RTO, preferring another path. The timer also declares the target
+dead when nothing at all was heard for ``dead_timeout`` seconds while work was
+outstanding. A path that keeps timing out is marked down and probed with Query Config
+until it answers. Window and RTT arithmetic lives in window.py; the growth step is inlined
+in on_answers, the per-frame hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..net.mmsg import buffer_address
+from ..protocol import (
+    AoeError,
+    AtaErrorBits,
+    AtaFlag,
+    AtaOpcode,
+    AtaStatus,
+    Command,
+    ConfigBody,
+    ConfigCommand,
+    Frame,
+    encode,
+)
+from ..protocol import fastpath as fp
+from ..protocol.constants import ATA_HEADER_LEN, ETH_MIN_FRAME, SECTOR_SIZE
+from .errors import (
+    AtaCommandError,
+    InitiatorError,
+    MtuMismatchError,
+    TargetDeadError,
+    TargetError,
+    TargetReadOnlyError,
+    TargetReservedError,
+)
+from .window import PathWindow
+
+log = logging.getLogger("aoe.initiator")
+
+ATA_TX = fp.ATA_REQUEST
+RX = fp.ATA_ANSWER
+RX_HEADER = fp.AOE_AFTER_MACS
+TAG_LE = fp.TAG_LE
+ERR_STATUS = int(AtaStatus.ERR | AtaStatus.DF)
+EXTENDED = int(AtaFlag.EXTENDED)
+BATCH = 64  # header slots per outbox (frames per sendmmsg)
+TX_HEAD = 64  # bytes per header slot in an outbox
+RUN_FRAMES = 16  # frames of one request sent in a row before the next request's turn
+TAG_SEQ_MASK = 0x7FFFFF
+PATH_DOWN_AFTER = 3  # rounds of timeouts in a row with no answer at all
+MIN_QUEUED_WINDOW = 8.0  # delay alone never shrinks the window below this
+PROBE_INTERVAL = 0.5
+INF = float("inf")
+
+
+class Request:
+    """One caller operation: a run of sectors (or a flush) and its completion."""
+
+    __slots__ = (
+        "cmd",
+        "aflags",
+        "lba_bits",
+        "is_write",
+        "mv",
+        "lba",
+        "next_lba",
+        "next_off",
+        "remaining",
+        "frames_out",
+        "nodata",
+        "error",
+        "lock",
+        "addr",
+        "on_done",
+    )
+
+    def __init__(
+        self,
+        cmd: int,
+        aflags: int,
+        lba: int,
+        sectors: int,
+        mv: memoryview | None,
+        on_done: Callable[[Request], None] | None = None,
+    ) -> None:
+        self.cmd = int(cmd)
+        self.aflags = aflags = int(aflags)
+        self.is_write = bool(aflags & AtaFlag.WRITE)
+        self.lba_bits = 0 if aflags & EXTENDED else 0xE0000000  # LBA28: LBA mode bits
+        self.mv = mv
+        self.lba = lba
+        self.next_lba = lba
+        self.next_off = 0
+        self.nodata = mv is None
+        self.remaining = 1 if mv is None else sectors  # a flush is one pseudo-sector
+        self.frames_out = 0
+        self.error: InitiatorError | None = None
+        # Completion: a waiting caller's lock, released by the I/O thread, or (for
+        # submit) a callback that the I/O thread calls instead.
+        self.on_done = on_done
+        self.lock: threading.Lock | None = None
+        if on_done is None:
+            self.lock = threading.Lock()
+            self.lock.acquire()
+        # Frames of a write are sent straight from the caller's buffer (no copy).
+        self.addr = buffer_address(mv) if mv is not None and self.is_write else 0
+
+    def finish(self) -> None:
+        """Tell whoever waits that the request is over (its ``error`` says how)."""
+        if self.on_done is None:
+            self.lock.release()  # type: ignore[union-attr]
+            return
+        try:
+            self.on_done(self)
+        except Exception:  # a caller's callback must never stop the I/O thread
+            log.exception("completion callback failed")
+
+
+class InFlight:
+    """One outstanding ATA command on the wire."""
+
+    __slots__ = ("req", "lba", "count", "off", "nbytes", "path", "tag", "old_tags", "sent",
+                 "first", "tries", "pseq", "done", "fast")
+
+    def __init__(self, req: Request, lba: int, count: int, off: int, nbytes: int, path: PathWindow,
+                 tag: int, pseq: int, now: float) -> None:
+        """A frame as it is first sent: on ``path`` with ``tag`` at ``now``."""
+        self.req = req
+        self.lba = lba
+        self.count = count
+        self.off = off
+        self.nbytes = nbytes
+        self.path = path
+        self.tag = tag
+        self.old_tags: list[int] | None = None  # earlier transmissions, still accepted
+        self.sent = now
+        self.first = now
+        self.tries = 1
+        self.pseq = pseq  # send sequence number on its current path
+        self.done = False
+        self.fast = False  # resent because later frames were answered first
+
+
+@dataclass
+class SessionStats:
+    """Counters a user or test can read (a snapshot; see Session.stats)."""
+
+    frames_sent: int = 0
+    retransmits: int = 0
+    fast_retransmits: int = 0  # of those, sent because later frames were answered
+    spurious_retransmits: int = 0  # fast ones whose first transmission was answered after all
+    answers: int = 0
+    stale_or_duplicate: int = 0  # answer to a tag not outstanding (late, duplicated, forged)
+    wrong_source: int = 0  # right tag, but from another MAC or another port
+    wrong_address: int = 0  # right tag, but another shelf.slot
+    wrong_length: int = 0  # right tag, but not the expected number of bytes
+    bad_frames: int = 0  # unreadable, wrong version, or an answer to a command we never send
+    send_errors: int = 0
+    port_errors: int = 0  # receive errors, e.g. an interface going down
+    path_failovers: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class SessionCore:
+    """Requests, tags, windows, timers and path state of one shelf.slot (module docstring).
+
+    ``paths`` are the ways to the target, indexed by position (at most 256), each with
+    its outbox (``tx``) and port key (``io``) set by the I/O layer.
+    """
+
+    def __init__(self, shelf: int, slot: int, paths: Sequence[PathWindow], *,
+                 dead_timeout: float = 10.0, now: float = 0.0) -> None:
+        if not paths:
+            raise ValueError("a session needs at least one path")
+        self.shelf, self.slot = shelf, slot
+        self.dead_timeout = dead_timeout
+        self.paths: list[PathWindow] = list(paths)
+        self._rx_ok = fp.answer_key(shelf, slot)
+        self.tags: dict[int, InFlight] = {}
+        self.pending: deque[Request] = deque()
+        # Requests done (or failed) whose callers are to be woken once the outboxes are
+        # flushed: a resend queued meanwhile may still point into a write's buffer, which
+        # the caller is free to reuse once woken.
+        self.completed: list[Request] = []
+        self.stats = SessionStats()
+        self.next_check = INF  # when on_timer wants to run next
+        self.last_rx = now  # last valid data answer on any path
+        self._seq = 0
+        self._rr = 0
+        self._turn = 0  # frames cut in a row from the request at the head of pending
+
+    @property
+    def address(self) -> str:
+        return f"{self.shelf}.{self.slot}"
+
+    # --- requests in and out ---------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        """Queue ``req``; one with nothing to move is over at once."""
+        if req.remaining <= 0:
+            self.completed.append(req)
+        else:
+            self.pending.append(req)
+
+    def take_completed(self) -> list[Request]:
+        """The requests that ended since the last call (to be woken after a flush)."""
+        done = self.completed
+        self.completed = []
+        return done
+
+    def fail_all(self) -> list[Request]:
+        """Drop every queued and outstanding request (the session ends): return them,
+        without touching their outcome; requests already completed stay in completed."""
+        reqs: dict[int, Request] = {}
+        for frame in self.tags.values():
+            reqs.setdefault(id(frame.req), frame.req)
+        for req in self.pending:
+            reqs.setdefault(id(req), req)
+        self.tags.clear()
+        self.pending.clear()
+        for p in self.paths:
+            p.outstanding = 0
+            p.budget.outstanding = 0
+        self.next_check = INF
+        return list(reqs.values())
+
+    # --- sending ----------------------------------------------------------------------
+    def _pick_path(self) -> PathWindow | None:
+        """A path with room in its window: round robin over the live ones."""
+        paths = self.paths
+        live = [p for p in paths if not p.down] or paths
+        start = self._rr
+        for i in range(len(live)):
+            p = live[(start + i) % len(live)]
+            if p.has_room():
+                self._rr = (start + i + 1) % len(live)
+                return p
+        return None
+
+    def _retry_path(self, failed: PathWindow, sectors: int) -> PathWindow:
+        """Where to resend a lost frame of ``sectors`` sectors: another live path whose
+        frames are that big, if there is one."""
+        others = [p for p in self.paths
+                  if p is not failed and not p.down and p.frame_sectors >= sectors]
+        if not others:
+            return failed
+        return min(others, key=lambda p: p.outstanding / p.cwnd)
+
+    def next_frames(self, now: float) -> None:
+        """Cut pending requests into frames, into the outboxes, while some path has room
+        in its window.
+
+        This and on_answers are the per-frame hot paths, so the first transmission of a
+        frame is written out here rather than through _transmit.
+        """
+        pending = self.pending
+        single = len(self.paths) == 1
+        path = self.paths[0]
+        tags = self.tags
+        seq = self._seq
+        run = self._turn
+        pack = ATA_TX.pack_into
+        while pending:
+            if single:
+                budget = path.budget
+                if path.outstanding >= path.cwnd or budget.outstanding >= budget.limit:
+                    break
+            else:
+                picked = self._pick_path()
+                if picked is None:
+                    break
+                path = picked
+                budget = path.budget
+            req = pending[0]
+            if req.nodata:
+                n = nbytes = 0
+                req.remaining = 0
+                lba = req.lba
+            else:
+                n = req.remaining
+                if n > path.frame_sectors:
+                    n = path.frame_sectors
+                nbytes = n * SECTOR_SIZE
+                lba = req.next_lba
+                req.next_lba = lba + n
+                req.remaining -= n
+            off = req.next_off
+            req.next_off = off + nbytes
+            req.frames_out += 1
+            if req.remaining == 0:
+                pending.popleft()
+                run = 0
+            elif len(pending) > 1:
+                # Take turns between requests, RUN_FRAMES frames at a time: adjacent
+                # sectors in a row let the target read or write them with one call.
+                run += 1
+                if run >= RUN_FRAMES:
+                    pending.rotate(-1)
+                    run = 0
+            seq = (seq + 1) & TAG_SEQ_MASK
+            tag = (seq << 8) | path.index
+            pseq = path.pseq = path.pseq + 1
+            frame = InFlight(req, lba, n, off, nbytes, path, tag, pseq, now)
+            tags[tag] = frame
+            path.outstanding += 1
+            budget.outstanding += 1
+            path.txq.append(frame)
+            path.sent += 1
+            # What _queue_frame does, inline on this hot path.
+            tx = path.tx
+            q = tx.queued
+            if q == BATCH:
+                tx.flush()
+                q = 0
+            lba |= req.lba_bits
+            pack(tx.buf, q * TX_HEAD, path.prefix, tag, req.aflags, 0, n, req.cmd,
+                 lba & 0xFFFFFFFF, lba >> 32)
+            if req.is_write:
+                tx.data_addrs[q] = req.addr + off
+                tx.data_lens[q] = nbytes
+            else:
+                tx.data_lens[q] = 0
+            tx.queued = q + 1
+        self._seq = seq
+        self._turn = run
+        if self.next_check == INF and tags:
+            self.next_check = now + path.rto
+
+    def _queue_frame(self, frame: InFlight, path: PathWindow, tag: int) -> None:
+        """Put the frame in the path's outbox: its header in a slot, a write's data
+        referenced where the caller's buffer holds it."""
+        req = frame.req
+        lba = frame.lba | req.lba_bits
+        tx = path.tx
+        q = tx.queued
+        if q == BATCH:
+            tx.flush()
+            q = 0
+        ATA_TX.pack_into(tx.buf, q * TX_HEAD, path.prefix, tag, req.aflags, 0, frame.count,
+                         req.cmd, lba & 0xFFFFFFFF, lba >> 32)
+        if req.is_write:
+            tx.data_addrs[q] = req.addr + frame.off
+            tx.data_lens[q] = frame.nbytes
+        else:
+            tx.data_lens[q] = 0
+        tx.queued = q + 1
+
+    def _transmit(self, frame: InFlight, path: PathWindow, now: float) -> None:
+        """Send ``frame`` again, with a fresh tag, on ``path`` (maybe another one)."""
+        seq = self._seq = (self._seq + 1) & TAG_SEQ_MASK
+        tag = (seq << 8) | path.index
+        old = frame.path
+        if old is not path:
+            old.outstanding -= 1
+            old.budget.outstanding -= 1
+            path.outstanding += 1
+            path.budget.outstanding += 1
+            frame.path = path
+        if frame.old_tags is None:
+            frame.old_tags = [frame.tag]
+        else:
+            frame.old_tags.append(frame.tag)
+        frame.tag = tag
+        self.tags[tag] = frame
+        pseq = path.pseq = path.pseq + 1
+        frame.pseq = pseq
+        path.txq.append(frame)
+        frame.sent = now
+        frame.tries += 1
+        path.sent += 1
+        self._queue_frame(frame, path, tag)
+        if self.next_check == INF:
+            self.next_check = now + path.rto
+
+    # --- receiving ----------------------------------------------------------------------
+    def on_answers(self, now: float, port: object, buf: Any, mv: memoryview,
+                   lengths: Sequence[int], count: int, size: int) -> None:
+        """Take ``count`` frames received on ``port``: frame i is ``lengths[i]`` bytes at
+        ``i * size`` in ``buf`` (``mv`` is a memoryview of it). Read data goes straight
+        from there into the callers' buffers."""
+        tags = self.tags
+        paths = self.paths
+        rx_ok = self._rx_ok
+        stats = self.stats
+        unpack = RX.unpack_from
+        answers = 0
+        for i in range(count):
+            n = lengths[i]
+            base = i * size
+            if n < ATA_HEADER_LEN:
+                self._odd_frame(port, mv[base : base + n], now)
+                continue
+            src, head, tag, _aflags, err, _count, status = unpack(buf, base)
+            if head != rx_ok:
+                self._odd_frame(port, mv[base : base + n], now)
+                continue
+            frame = tags.get(tag)
+            if frame is None:
+                stats.stale_or_duplicate += 1
+                continue
+            tx_path = paths[tag & 0xFF]
+            if tx_path.io is not port or src != tx_path.target_mac:
+                stats.wrong_source += 1
+                continue
+            req = frame.req
+            nbytes = frame.nbytes
+            if req.is_write or req.nodata:
+                if n != ATA_HEADER_LEN and n > ETH_MIN_FRAME:
+                    stats.wrong_length += 1
+                    continue
+            elif n != ATA_HEADER_LEN + nbytes:
+                if not (status & ERR_STATUS and n <= ETH_MIN_FRAME):
+                    stats.wrong_length += 1
+                    continue
+            if tag != frame.tag and frame.fast:  # only a valid answer may widen slack
+                self._spurious(tx_path)
+            answers += 1
+            tx_path.last_rx = now
+            if tx_path.timeouts_in_row:
+                tx_path.on_alive(now)
+            if status & ERR_STATUS:
+                self._finish_frame(frame)
+                self._fail_request(req, self._ata_error(req, status, err))
+                continue
+            if nbytes and not req.is_write:
+                off = frame.off
+                start = base + ATA_HEADER_LEN
+                req.mv[off : off + nbytes] = mv[start : start + nbytes]  # type: ignore[index]
+            path = frame.path
+            path.answered += 1
+            if frame.tries == 1:
+                rtt = now - frame.sent
+                path.sample_rtt(rtt)
+            else:
+                rtt = path.srtt
+            cwnd = path.cwnd
+            # Grow: slow start, then +1 per window. Below MIN_QUEUED_WINDOW the RTT
+            # does not hold growth back: delay (or jitter) alone must not pin a window
+            # that losses have cut to 1, where every further loss waits for the RTO.
+            if rtt < path.delay_target or cwnd < MIN_QUEUED_WINDOW:
+                cwnd += 1.0 if cwnd < path.ssthresh else 1.0 / cwnd
+                path.cwnd = cwnd if cwnd < path.limit else float(path.limit)
+            elif rtt > 2.0 * path.delay_target and cwnd > MIN_QUEUED_WINDOW:
+                path.cwnd = cwnd - 1.0 / cwnd  # frames only queue up: -1 per window
+            if tag == frame.tag and frame.pseq > path.high:
+                # Only the latest transmission's answer says how far the path got: an
+                # answer to an earlier one must not make the frames sent between the
+                # two look overtaken (that set off a storm of spurious resends).
+                path.high = frame.pseq
+            # Forget the frame (what _finish_frame does, inline on this hot path).
+            frame.done = True
+            del tags[frame.tag]
+            if frame.old_tags is not None:
+                for t in frame.old_tags:
+                    del tags[t]
+            path.outstanding -= 1
+            path.budget.outstanding -= 1
+            req.frames_out -= 1
+            if req.frames_out == 0 and req.remaining == 0 and req.error is None:
+                self.completed.append(req)
+            txq = path.txq
+            while txq:
+                head_frame = txq[0]
+                if head_frame.done or head_frame.path is not path:
+                    txq.popleft()  # answered, or moved to another path
+                elif head_frame.pseq + path.slack < path.high or (
+                        head_frame.pseq < path.high
+                        and now - head_frame.sent > path.srtt + 4.0 * path.rttvar):
+                    # Overtaken by `slack` later answers, or overtaken at all and older
+                    # than an RTT could explain: lost. The time rule keeps recovery fast
+                    # when jitter has widened the slack beyond what a small window can
+                    # ever answer (otherwise every loss would wait for the RTO).
+                    txq.popleft()
+                    self._fast_retransmit(head_frame, path, now)
+                else:
+                    break
+        if answers:
+            stats.answers += answers
+            self.last_rx = now
+
+    def _fast_retransmit(self, frame: InFlight, path: PathWindow, now: float) -> None:
+        """``frame`` is presumed lost: frames sent after it on its path were answered.
+
+        It goes out again at once (elsewhere if the path is down) instead of waiting for
+        the RTO; the window is halved once per round of losses.
+        """
+        if frame.pseq > path.recover:
+            path.on_loss()
+            path.recover = path.pseq
+        self.stats.retransmits += 1
+        self.stats.fast_retransmits += 1
+        frame.fast = True
+        self._transmit(frame, self._retry_path(path, frame.count) if path.down else path, now)
+
+    def _spurious(self, path: PathWindow) -> None:
+        """The first transmission of a fast-retransmitted frame was answered after all:
+        answers on this path come back out of order. Tolerate more reordering from now
+        on, and take back the window cut that the false alarm caused."""
+        self.stats.spurious_retransmits += 1
+        path.reordered()
+
+    def _finish_frame(self, frame: InFlight) -> None:
+        """Forget an answered (or cancelled) frame: its tags and its window slot."""
+        frame.done = True
+        tags = self.tags
+        del tags[frame.tag]
+        if frame.old_tags is not None:
+            for t in frame.old_tags:
+                del tags[t]
+        path = frame.path
+        if path is not None:
+            path.outstanding -= 1
+            path.budget.outstanding -= 1
+
+    def _source_path(self, port: object, tag: int, src: bytes) -> PathWindow | None:
+        """The path a tag went out on, if the answer came back the same way."""
+        path = self.paths[tag & 0xFF] if (tag & 0xFF) < len(self.paths) else None
+        if path is None or path.io is not port or path.target_mac != src:
+            return None
+        return path
+
+    def _odd_frame(self, port: object, frame_mv: memoryview, now: float) -> None:
+        """Anything that is not a clean ATA answer for this shelf.slot."""
+        stats = self.stats
+        n = len(frame_mv)
+        if n < 24:
+            stats.bad_frames += 1
+            return
+        _etype, verflags, error, shelf, slot, command = RX_HEADER.unpack_from(
+            frame_mv, fp.AOE_AFTER_MACS_OFFSET)
+        if not verflags & 0x08:
+            return  # a request (another initiator's, or a broadcast): not for us
+        if verflags >> 4 != 1:
+            stats.bad_frames += 1
+            return
+        src = bytes(frame_mv[6:12])
+        ours = (shelf, slot) == (self.shelf, self.slot)
+        if command == Command.QUERY_CONFIG:
+            # A probe answer revives the path but does not reset the dead clock: a target
+            # that answers Query Config but no data frame is still useless.
+            if ours:
+                for p in self.paths:
+                    if p.io is port and p.target_mac == src:
+                        p.last_probe_rx = now
+                        p.on_alive(now)
+            return
+        if command != Command.ATA:
+            return
+        tag = TAG_LE.unpack_from(frame_mv, fp.TAG_OFFSET)[0]
+        frame = self.tags.get(tag)
+        if frame is None:
+            if ours:
+                stats.stale_or_duplicate += 1
+            return  # otherwise: traffic of another target or session
+        if not ours:
+            stats.wrong_address += 1
+            return
+        if not verflags & 0x04:
+            stats.wrong_length += 1  # a short answer without the error flag
+            return
+        path = self._source_path(port, tag, src)
+        if path is None:
+            stats.wrong_source += 1
+            return
+        stats.answers += 1
+        path.on_alive(now)
+        self.last_rx = now
+        self._finish_frame(frame)
+        self._fail_request(frame.req, self._aoe_error(error))
+
+    def _aoe_error(self, code: int) -> InitiatorError:
+        if code == AoeError.TARGET_RESERVED:
+            return TargetReservedError(
+                f"target {self.address} is reserved by another initiator (AoE error 6): "
+                "release it there first"
+            )
+        try:
+            name = AoeError(code).name.lower().replace("_", " ")
+        except ValueError:
+            name = "unknown error"
+        return TargetError(f"target {self.address} answered with AoE error {code} ({name})",
+                           code)
+
+    def _ata_error(self, req: Request, status: int, err: int) -> InitiatorError:
+        if req.is_write and err & AtaErrorBits.ABRT:
+            return TargetReadOnlyError(
+                f"target {self.address} refused the write (ATA abort): the export is read-only"
+            )
+        what = AtaOpcode(req.cmd).name.replace("_", " ")
+        bits = []
+        if err & AtaErrorBits.IDNF:
+            bits.append("sector not found")
+        if err & AtaErrorBits.UNC:
+            bits.append("unrecoverable read error")
+        if err & AtaErrorBits.ABRT:
+            bits.append("command aborted")
+        detail = ", ".join(bits) or f"error register 0x{err:02x}"
+        return AtaCommandError(
+            f"target {self.address}: {what} failed: {detail} (status 0x{status:02x})",
+            status,
+            err,
+        )
+
+    def _fail_request(self, req: Request, exc: InitiatorError) -> None:
+        """End a request with an error: cancel its other frames, hand it back."""
+        if req.error is not None:
+            return
+        req.error = exc
+        for frame in [f for t, f in self.tags.items() if f.req is req and t == f.tag]:
+            self._finish_frame(frame)
+        if req in self.pending:
+            self.pending.remove(req)
+        req.remaining = 0
+        req.frames_out = 0
+        self.completed.append(req)
+
+    # --- time ---------------------------------------------------------------------------
+    def on_timer(self, now: float) -> tuple[list[tuple[PathWindow, bytes]], InitiatorError | None]:
+        """Retransmit what is overdue, mark silent paths down, spot death.
+
+        Returns the Query Config probes to send now (path, frame) and, when the target
+        has been silent for ``dead_timeout`` with work outstanding, the error every
+        waiting request is to fail with (the caller ends the session with it)."""
+        next_check = INF
+        oldest = INF
+        late: list[InFlight] = []
+        probes: list[tuple[PathWindow, bytes]] = []
+        for tag, frame in self.tags.items():
+            if tag != frame.tag:
+                continue
+            due = frame.sent + frame.path.rto
+            if due <= now:
+                late.append(frame)
+            elif due < next_check:
+                next_check = due
+            if frame.first < oldest:
+                oldest = frame.first
+        if oldest != INF:
+            silent = now - max(self.last_rx, oldest)
+            if silent >= self.dead_timeout:
+                self.next_check = INF
+                return probes, self._dead_error(now, silent)
+            next_check = min(next_check, max(self.last_rx, oldest) + self.dead_timeout)
+        for path in {f.path for f in late}:
+            path.on_timeouts()
+            path.recover = path.pseq
+            if path.timeouts_in_row >= PATH_DOWN_AFTER and not path.down:
+                path.down = True
+                path.next_probe = now
+                self.stats.path_failovers += 1
+        for frame in late:
+            target = self._retry_path(frame.path, frame.count)
+            self.stats.retransmits += 1
+            self._transmit(frame, target, now)
+            if now + target.rto < next_check:
+                next_check = now + target.rto
+        for path in self.paths:
+            if path.down:
+                if path.next_probe <= now:
+                    probes.append((path, self._probe(path)))
+                    path.next_probe = now + PROBE_INTERVAL
+                next_check = min(next_check, path.next_probe)
+        self.next_check = next_check
+        return probes, None
+
+    def _probe(self, path: PathWindow) -> bytes:
+        """Directed Query Config on a path marked down: its answer brings the path back."""
+        body = ConfigBody(ccmd=ConfigCommand.READ)
+        frame = Frame(path.target_mac, path.port.mac, self.shelf, self.slot,
+                      Command.QUERY_CONFIG, 0x80000000 | path.index, body)
+        return encode(frame, pad=True)
+
+    def _dead_error(self, now: float, silent: float) -> InitiatorError:
+        since = now - silent
+        small_ok = [p for p in self.paths if p.last_probe_rx >= since]
+        if small_ok:
+            p = small_ok[0]
+            return MtuMismatchError(
+                f"target {self.address} answers Query Config on {p.describe()} but no data "
+                f"frame of {p.frame_sectors} sectors ({ATA_HEADER_LEN + p.frame_sectors * 512}"
+                " bytes) for "
+                f"{silent:.1f} s: something on the way has a smaller MTU than "
+                f"{p.port.mtu}; lower the MTU or the frame size"
+            )
+        tried = ", ".join(p.describe() for p in self.paths)
+        return TargetDeadError(
+            f"target {self.address} did not answer for {silent:.1f} s on any path "
+            f"({tried}): giving up (dead time {self.dead_timeout:g} s)"
+        )

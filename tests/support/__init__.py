@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: labs, targets, images, raw frames (fixtures are in conftest)."""
