@@ -178,6 +178,11 @@ def test_bench_section_replacement_keeps_the_rest(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "old" not in text and f"{BEGIN}\nnew table\n{END}" in text
     assert text.startswith("# B\n\nintro\n") and text.endswith("## Later\n\ntext\n")
+    write_section(doc, "netbook table", "netbook")  # a section of its own, appended once
+    write_section(doc, "netbook table 2", "netbook")
+    text = doc.read_text()
+    assert f"{BEGIN}\nnew table\n{END}" in text and "netbook table\n" not in text
+    assert text.endswith("<!-- netbook:begin -->\nnetbook table 2\n<!-- netbook:end -->\n")
     doc2 = tmp_path / "c.md"
     doc2.write_text("# C\n")
     write_section(doc2, "first")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from aoe.lab.testing import TwoHosts, netns_unavailable_reason
+from aoe.lab.pair import TwoHosts, netns_unavailable_reason
 from aoe.net import link
 
 _SKIP = netns_unavailable_reason()
