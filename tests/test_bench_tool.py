@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from aoe.lab import list_netns
+from aoe.lab.pair import TwoHosts
 
 from .conftest import require_netns
 
@@ -154,6 +155,63 @@ def test_cpu_cap_joins_before_the_namespace_and_caps() -> None:
         assert 0.2 < used < 1.0, used  # 25 % of 2 s is 0.5 s; uncapped it would be ~2 s
         name = cap.name
     assert not any(name in root for root, _d, _f in os.walk("/sys/fs/cgroup"))
+
+
+def test_c_floor_pair_serves_the_image_faithfully(tmp_path: Path,
+                                                 two_hosts_jumbo: TwoHosts) -> None:
+    """The C responder the bench builds is a real AoE target (pyaoe's initiator reads
+    and writes it byte for byte), and the C reader reads what it asks for."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from benchkit.fastreader import build
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    exe = build(tmp_path)
+    image = tmp_path / "disk.img"
+    data = os.urandom(8 << 20)
+    image.write_bytes(data)
+    hosts = two_hosts_jumbo
+    proc = hosts.target.popen([str(exe), "serve", hosts.cable.a_ifname, "7", "7", str(image)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    aoe = str(Path(sys.executable).with_name("aoe"))
+    out = tmp_path / "out.img"
+    hosts.initiator.run([aoe, "copy", "-i", hosts.cable.b_ifname, "7.7", str(out)],
+                        timeout=120)
+    assert out.read_bytes() == data
+    patch = tmp_path / "patch.bin"
+    patch.write_bytes(os.urandom(1 << 20))
+    hosts.initiator.run([aoe, "copy", "-i", hosts.cable.b_ifname, str(patch), "7.7"],
+                        timeout=120)
+    assert image.read_bytes()[: 1 << 20] == patch.read_bytes()
+    got = hosts.initiator.run([str(exe), "read", hosts.cable.b_ifname, "7", "7",
+                               str(4 << 20), "32"], timeout=60).stdout.split()
+    assert int(got[0]) == 4 << 20 and float(got[1]) > 0
+    hosts.lab.kill(proc)
+
+
+def test_bench_quick_fastreader_scenario(tmp_path: Path) -> None:
+    """Each target alone in a group of its own, capped and not, read by the C reader."""
+    require_netns()
+    for tool in ("vblade", "cc"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} missing")
+    out_json = tmp_path / "bench.json"
+    proc, _stdout, stderr = _run_bench(
+        ["--quick", "--scenarios", "fastreader", "--mtus", "9000", "--size", "8M",
+         "--no-write-docs", "--json", str(out_json)], 240)
+    assert proc.returncode == 0, stderr
+    [table] = json.loads(out_json.read_text())["tables"]
+    assert [row[:3] for row in table["rows"]] == [
+        ["9000", cap, target] for cap in ("25 %", "100 %")
+        for target in ("aoe serve", "vblade", "C responder (floor)")]
+    for row in table["rows"]:
+        assert float(row[3]) > 0 and float(row[4]) > 0  # MB/s, the target's CPU s/GB
+    assert [row[6] for row in table["rows"] if row[2].startswith("C ")] == ["1.00", "1.00"]
+    assert len(table["goals"]) == 2
+    assert not _bench_cgroups(proc.pid)
 
 
 def test_bench_rejects_bad_arguments() -> None:

@@ -158,6 +158,7 @@ static _Noreturn void serve(const char *iface, int shelf, int slot, const char *
                 v[0].iov_len = 24 + 8;
             } else if (q->cmd == 0 && len >= HDR) {
                 uint64_t lba = get_lba(q);
+                if (!(q->aflags & 0x40)) lba &= 0x0fffffff; /* LBA28: byte 3 high nibble is the device register */
                 unsigned cnt = q->count;
                 v[0].iov_len = HDR;
                 r->status = 0x40;
@@ -165,7 +166,7 @@ static _Noreturn void serve(const char *iface, int shelf, int slot, const char *
                 if (q->status == 0xEC) { /* IDENTIFY DEVICE */
                     uint16_t *id = (uint16_t *)((uint8_t *)r + HDR);
                     memset(id, 0, 512);
-                    id[49] = 1 << 9, id[83] = 1 << 10, id[86] = 1 << 10;
+                    id[49] = 1 << 9, id[83] = 1 << 14 | 1 << 10, id[86] = 1 << 10;
                     for (int k = 0; k < 4; k++) id[100 + k] = (sectors >> (16 * k)) & 0xffff;
                     id[60] = sectors & 0xffff, id[61] = (sectors >> 16) & 0xffff;
                     v[0].iov_len = HDR + 512;
