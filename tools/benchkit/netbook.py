@@ -24,6 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from aoe.lab import Host
 from aoe.lab.cable import parse_rate
 from benchkit import fastreader
 from benchkit.cgroup import CpuCap, available
@@ -207,11 +208,11 @@ class Netbook:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_listen(self.bench.target_host, RSYNC_PORT)
 
-    def wait_listen(self, host: object, port: int) -> None:
+    def wait_listen(self, host: Host, port: int) -> None:
         from peers import _wait_listen
 
         try:
-            _wait_listen(host, port)  # type: ignore[arg-type]
+            _wait_listen(host, port)
         except TimeoutError as exc:
             raise BenchError(str(exc)) from None
 
