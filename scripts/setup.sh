@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(vblade aoetools tshark fuse3 libfuse3-3 libnbd-bin nbdkit qemu-utils
               e2fsprogs fio iproute2 netcat-openbsd procps python3-libnbd strace systemd
-              qemu-system-x86 busybox-static)
+              qemu-system-x86 busybox-static rsync gcc libc6-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -22,8 +22,12 @@ from .support.initiator import AOE_BIN
 
 def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> Iterator[
         tuple[str, click.Command]]:
-    """Every leaf command of the tree, as ("lab up", command)."""
-    for name, cmd in sorted(group.commands.items()):
+    """Every leaf command of the tree, as ("lab up", command); each lazily registered
+    one is loaded as `aoe NAME` would load it."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         if isinstance(cmd, click.Group):
             yield from commands(cmd, (*path, name))
         else:

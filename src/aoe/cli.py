@@ -1,63 +1,66 @@
 """The `aoe` command line: a thin click layer over library calls.
 
 Each area registers its commands below; the commands themselves live beside the code they
-drive, so every one is also usable as a library call.
+drive, so every one is also usable as a library call. A command's module is imported only
+when that command runs (or when help lists the commands): `aoe copy` on a slow CPU should
+not pay for pyroute2 or scapy, which only the lab and capture commands use.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 import click
 
 from . import __version__
 
+# --- command registration: name -> "module:attribute" (one line per command) ---
+COMMANDS = {
+    "decode": "aoe.capture.cli:decode",
+    "lab": "aoe.lab.cli:lab_group",
+    "link": "aoe.lab.cli:link_group",
+    "serve": "aoe.target.cli:serve",
+    "status": "aoe.target.ctl_cli:status",
+    "ctl": "aoe.target.ctl_cli:ctl",
+    "systemd": "aoe.target.systemd:systemd_group",
+    "config": "aoe.initiator.admin_cli:config_cmd",
+    "mask": "aoe.initiator.admin_cli:mask_cmd",
+    "reserve": "aoe.initiator.admin_cli:reserve_cmd",
+    "flush": "aoe.initiator.admin_cli:flush_cmd",
+    "discover": "aoe.initiator.cli:discover",
+    "info": "aoe.initiator.cli:info",
+    "copy": "aoe.initiator.cli:copy",
+    "mount": "aoe.export.cli:mount",
+    "nbd": "aoe.export.cli:nbd",
+    "attach": "aoe.export.cli:attach",
+    "detach": "aoe.export.cli:detach",
+    "conformance": "aoe.checks.cli:conformance",
+    "fuzz": "aoe.checks.cli:fuzz",
+    "sniff": "aoe.capture.cli:sniff",
+    "ping": "aoe.capture.cli:ping",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands (from COMMANDS) are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name not in COMMANDS:
+            return found
+        module, _, attr = COMMANDS[cmd_name].partition(":")
+        command: Any = getattr(importlib.import_module(module), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{COMMANDS[cmd_name]} is not a click command")
+        self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="aoe")
 def main() -> None:
     """ATA over Ethernet: serve disks, reach them, and test the protocol."""
-
-
-# --- command registration (one line per area; keep edits minimal) ---
-from .capture.cli import decode, ping, sniff  # noqa: E402
-
-for _cmd in (decode, sniff, ping):
-    main.add_command(_cmd)
-
-from .lab.cli import lab_group, link_group  # noqa: E402
-
-main.add_command(lab_group)
-main.add_command(link_group)
-
-from .target.cli import serve  # noqa: E402
-
-main.add_command(serve)
-
-from .target.ctl_cli import ctl, status  # noqa: E402
-
-main.add_command(status)
-main.add_command(ctl)
-
-from .target.systemd import systemd_group  # noqa: E402
-
-main.add_command(systemd_group)
-
-from .initiator.admin_cli import config_cmd, flush_cmd, mask_cmd, reserve_cmd  # noqa: E402
-
-for _cmd in (config_cmd, mask_cmd, reserve_cmd, flush_cmd):
-    main.add_command(_cmd)
-
-from .initiator.cli import copy, discover, info  # noqa: E402
-
-main.add_command(discover)
-main.add_command(info)
-main.add_command(copy)
-
-from .export.cli import attach, detach, mount, nbd  # noqa: E402
-
-for _cmd in (mount, nbd, attach, detach):
-    main.add_command(_cmd)
-
-from .checks.cli import conformance, fuzz  # noqa: E402
-
-for _cmd in (conformance, fuzz):
-    main.add_command(_cmd)

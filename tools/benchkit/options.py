@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MiB = 1 << 20
-SCENARIOS = ("target", "cable", "peers", "paths", "random", "cpu")
+SCENARIOS = ("target", "cable", "peers", "paths", "random", "cpu", "netbook", "fastreader")
 DESCRIPTIONS = {
     "target": "sequential read/write, aoe serve vs vblade, same initiator, MTU 1500 and 9000",
     "cable": "goodput on a veth shaped to 1 Gbit/s and 100 Mbit/s (tbf), % of the wire limit",
@@ -13,7 +13,11 @@ DESCRIPTIONS = {
     "paths": "FUSE file (dd) and NBD export (nbdcopy) against the raw initiator",
     "random": "random 4 KiB reads and writes (fio, nbd engine) in IOPS",
     "cpu": "CPU seconds per GB and peak RSS of target and initiator (from 'target')",
+    "netbook": "the user's commands with each host CPU-capped (cgroup) on a tbf-shaped cable",
+    "fastreader": "the target alone read by a batched C reader: aoe serve, vblade, a C floor",
 }
+NETBOOK_LINKS = [("1gbit", 1500), ("1gbit", 9000), ("100mbit", 1500)]
+NETBOOK_CAPS = [25, 100]
 
 
 @dataclass
@@ -24,6 +28,10 @@ class Options:
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
     random_seconds: float = 8.0
     quick: bool = False
+    netbook_links: list[tuple[str, int]] = field(default_factory=lambda: list(NETBOOK_LINKS))
+    netbook_caps: list[int] = field(default_factory=lambda: list(NETBOOK_CAPS))
+    netbook_ways: list[str] = field(default_factory=list)
+    netbook_size: int = 256 * MiB  # bytes per way in the netbook scenario
 
     def slow_link_size(self, rate_bits: int) -> int:
         """Bytes per transfer on a shaped link: `size`, but no more than about 8 s of

@@ -97,11 +97,12 @@ class Report:
         return json.dumps(asdict(self), indent=2)
 
 
-def write_section(doc: Path, body: str) -> None:
-    """Replace the text between the bench markers of `doc` (appending them if missing)."""
+def write_section(doc: Path, body: str, name: str = "bench") -> None:
+    """Replace the text between the `name` markers of `doc` (appending them if missing)."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _m: block, text, count=1)
     else:

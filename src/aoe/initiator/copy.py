@@ -96,24 +96,38 @@ def check_range(size: int, offset: int, length: int | None) -> int:
     return length
 
 
-def _write_sparse(out: BinaryIO, data: bytes | memoryview) -> int:
-    """Write ``data`` at the current position, seeking over all-zero blocks.
-
-    Returns how many bytes became holes.
+def _write_runs(fd: int, data: bytes | memoryview, pos: int, sparse: bool) -> int:
+    """Write ``data`` at file offset ``pos`` in as few system calls as it takes: one
+    pwrite per run of blocks that are not all zeros (the whole chunk when nothing is
+    zero). All-zero HOLE_BLOCK blocks are skipped when ``sparse`` (the file is fresh, so
+    a skipped block is a hole; nothing is punched). Returns how many bytes were skipped.
     """
+    view = memoryview(data)
+    n = len(view)
+    if not sparse:
+        _pwrite_all(fd, view, pos)
+        return 0
     holes = 0
+    run = 0  # start of the pending run of data blocks
     start = 0
-    n = len(data)
     while start < n:
         end = min(n, start + HOLE_BLOCK)
-        block = data[start:end]
-        if block == _ZERO_BLOCK[: end - start]:
-            out.seek(end - start, os.SEEK_CUR)
+        if view[start:end] == _ZERO_BLOCK[: end - start]:
+            if run < start:
+                _pwrite_all(fd, view[run:start], pos + run)
             holes += end - start
-        else:
-            out.write(block)
+            run = end
         start = end
+    if run < n:
+        _pwrite_all(fd, view[run:n], pos + run)
     return holes
+
+
+def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
+    while len(view):
+        written = os.pwrite(fd, view, pos)
+        view = view[written:]
+        pos += written
 
 
 def copy_from_disk(
@@ -134,20 +148,25 @@ def copy_from_disk(
     digest = hashlib.sha256() if verify else None
     holes = 0
     start_pos = out.tell() if _is_regular(out) else 0
+    regular = _is_regular(out)
+    if regular:
+        out.flush()  # what the file object buffered goes first; then pwrite at offsets
     t0 = time.perf_counter()
     done = 0
     for data in _disk_chunks(disk, offset, total, chunk):
         if digest is not None:
             digest.update(data)
-        if sparse:
-            holes += _write_sparse(out, data)
+        if regular:
+            holes += _write_runs(out.fileno(), data, start_pos + done, sparse)
         else:
             out.write(data)
         done += len(data)
         if progress is not None:
             progress(done, total)
-    if sparse:
-        out.truncate(start_pos + total)  # a trailing hole still needs its length
+    if regular:
+        out.seek(start_pos + total)
+        if sparse:
+            out.truncate(start_pos + total)  # a trailing hole still needs its length
     out.flush()
     seconds = time.perf_counter() - t0
     sha = digest.hexdigest() if digest is not None else None

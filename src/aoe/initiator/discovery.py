@@ -161,6 +161,9 @@ def query_config(
 
     ``target`` directs the query at one shelf.slot. Collection runs for ``timeout``
     seconds, or stops ``settle`` seconds after the last new path once any answer came.
+    With ``settle`` and a ``target``, it stops as soon as that target has answered on
+    every port (answers already queued are still read, so a target with two MACs on one
+    port keeps both): a start-up should not wait once there is nothing left to learn.
     The query is sent again every RESEND_INTERVAL while collecting (each time with its
     own tag, for the RTT), so one lost frame on a lossy link does not hide a target.
     """
@@ -169,6 +172,7 @@ def query_config(
     sent: dict[tuple[int, str], float] = {}  # (tag, ifname) -> when the query went out
     found: dict[tuple[int, int], TargetInfo] = {}
     seen: set[tuple[str, bytes, int, int]] = set()
+    asked_on = {port.ifname for port in ports}
     end = time.monotonic() + timeout
     stop = end
     attempt = 0
@@ -217,6 +221,8 @@ def query_config(
             )
             if settle is not None:
                 stop = min(end, now + settle)
+                if target is not None and {p.ifname for p in info.paths} >= asked_on:
+                    stop = now  # every port has its answer: read what is queued, then go
                 deadline[0] = min(deadline[0], stop)
     return sorted(found.values(), key=lambda t: (t.shelf, t.slot))
 

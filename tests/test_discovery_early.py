@@ -1,0 +1,70 @@
+"""Discovery of one addressed target stops once every port has its answer."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from aoe.initiator.discovery import query_config
+from aoe.protocol.constants import Command, HeaderFlag
+from aoe.protocol.frames import ConfigBody, Frame, decode, encode
+
+TARGET_MAC = bytes.fromhex("020000000a01")
+
+
+class AnsweringPort:
+    """A port whose every Query Config is answered at once by 7.7 (from `macs`)."""
+
+    def __init__(self, name: str, mac: bytes, macs: list[bytes]) -> None:
+        self.ifname, self.mac, self.mtu = name, mac, 9000
+        self._ours, self._wire = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._ours.setblocking(False)
+        self.macs = macs
+        self.sent = 0
+
+    def fileno(self) -> int:
+        return self._ours.fileno()
+
+    def send(self, frame: bytes) -> None:
+        self.sent += 1
+        query = decode(frame)
+        for mac in self.macs:
+            answer = Frame(self.mac, mac, 7, 7, Command.QUERY_CONFIG, query.tag,
+                           ConfigBody(buffer_count=16, sector_count=17), flags=HeaderFlag.RESPONSE)
+            self._wire.send(encode(answer))
+
+    def recv(self, size: int) -> bytes:
+        return self._ours.recv(size)
+
+    def close(self) -> None:
+        self._ours.close()
+        self._wire.close()
+
+
+def test_returns_once_every_port_answered_and_keeps_every_mac() -> None:
+    ports = [AnsweringPort("eth0", bytes.fromhex("020000000001"),
+                           [TARGET_MAC, bytes.fromhex("020000000a02")]),
+             AnsweringPort("eth1", bytes.fromhex("020000000002"), [TARGET_MAC])]
+    t0 = time.monotonic()
+    try:
+        [info] = query_config(ports, (7, 7), timeout=60.0, settle=30.0)  # type: ignore[arg-type]
+    finally:
+        for p in ports:
+            p.close()
+    assert time.monotonic() - t0 < 20  # the settle (30 s) was not waited for
+    assert sorted((p.ifname, p.target_mac) for p in info.paths) == [
+        ("eth0", "02:00:00:00:0a:01"), ("eth0", "02:00:00:00:0a:02"),
+        ("eth1", "02:00:00:00:0a:01")]
+    assert [p.sent for p in ports] == [1, 1]
+
+
+def test_broadcast_discovery_still_settles() -> None:
+    """Without an addressed target more targets may answer: the settle time holds."""
+    port = AnsweringPort("eth0", bytes.fromhex("020000000001"), [TARGET_MAC])
+    t0 = time.monotonic()
+    try:
+        found = query_config([port], None, timeout=5.0, settle=0.3)  # type: ignore[list-item]
+    finally:
+        port.close()
+    assert time.monotonic() - t0 >= 0.3
+    assert [(t.shelf, t.slot) for t in found] == [(7, 7)]
