@@ -53,8 +53,7 @@ def test_returns_once_every_port_answered_and_keeps_every_mac() -> None:
             p.close()
     assert time.monotonic() - t0 < 20  # the settle (30 s) was not waited for
     assert sorted((p.ifname, p.target_mac) for p in info.paths) == [
-        ("eth0", "02:00:00:00:0a:01"), ("eth0", "02:00:00:00:0a:02"),
-        ("eth1", "02:00:00:00:0a:01")]
+        ("eth0", TARGET_MAC), ("eth0", bytes.fromhex("020000000a02")), ("eth1", TARGET_MAC)]
     assert [p.sent for p in ports] == [1, 1]
 
 

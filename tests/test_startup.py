@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,6 +55,9 @@ def test_rtnetlink_reader_agrees_with_pyroute2(two_hosts_jumbo: TwoHosts) -> Non
     from pyroute2 import IPRoute
 
     with two_hosts_jumbo.target.enter():
+        deadline = time.monotonic() + 10  # a new veth reports carrier a moment after "up"
+        while link.link_info("eth0").operstate != "UP" and time.monotonic() < deadline:
+            time.sleep(0.05)
         ours = link.list_links()
         with IPRoute() as ipr:
             theirs = sorted((link._info_from_msg(m) for m in ipr.link("dump")),

@@ -50,7 +50,7 @@ def test_bad_shelf_slot(host: Host, tmp_path: Path, address: str) -> None:
 
 @pytest.mark.netns
 def test_missing_file(host: Host, tmp_path: Path) -> None:
-    p = run_serve(host, "eth0", "1.0", str(tmp_path / "absent.img"))
+    p = run_serve(host, "-i", "eth0", "1.0", str(tmp_path / "absent.img"))
     assert_user_error(p, "no such file")
 
 
@@ -71,7 +71,7 @@ def test_loopback_is_refused(host: Host, tmp_path: Path) -> None:
 ])
 def test_bad_export_options(host: Host, tmp_path: Path, args: list[str], needle: str) -> None:
     img = make_image(tmp_path / "d.img", 1 << 20)
-    p = run_serve(host, "--state-dir", str(tmp_path), *args, "eth0", "1.0", str(img))
+    p = run_serve(host, "--state-dir", str(tmp_path), *args, "-i", "eth0", "1.0", str(img))
     assert_user_error(p, needle)
 
 
@@ -85,7 +85,7 @@ def test_config_file_errors(host: Host, tmp_path: Path) -> None:
     empty.write_text('interfaces = ["eth0"]\n')
     assert_user_error(run_serve(host, "-c", str(empty)), "nothing to serve")
     img = make_image(tmp_path / "d.img", 1 << 20)
-    assert_user_error(run_serve(host, "-c", str(empty), "eth0", "1.0", str(img)), "not both")
+    assert_user_error(run_serve(host, "-c", str(empty), "-i", "eth0", "1.0", str(img)), "not both")
     assert_user_error(run_serve(host), "need SHELF.SLOT FILE")
 
 
@@ -95,7 +95,7 @@ def test_without_network_capabilities(host: Host, tmp_path: Path) -> None:
     """Root without CAP_NET_RAW/CAP_NET_ADMIN is like an ordinary user to the target."""
     img = make_image(tmp_path / "d.img", 1 << 20)
     p = host.run(["setpriv", "--bounding-set", "-net_raw,-net_admin", "--",
-                  *aoe_cmd("serve", "--state-dir", str(tmp_path), "eth0", "1.0", str(img))],
+                  *aoe_cmd("serve", "--state-dir", str(tmp_path), "-i", "eth0", "1.0", str(img))],
                  check=False, timeout=30)
     assert_user_error(p, "must run as root")
 

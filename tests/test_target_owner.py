@@ -19,10 +19,10 @@ from .support.target import aoe_cmd
 def test_second_aoe_serve_is_refused(lab: Lab, tmp_path: Path) -> None:
     seg = make_segment(lab, "a", "b", "c")
     a, b, c = (seg.hosts[n] for n in "abc")
-    first = serve(a, "--state-dir", str(tmp_path / "sa"), "eth0", "1.0",
+    first = serve(a, "--state-dir", str(tmp_path / "sa"), "-i", "eth0", "1.0",
                   str(image(tmp_path / "a.img", 1 << 20, 0xAA)))
     try:
-        p = b.run(aoe_cmd("serve", "--state-dir", str(tmp_path / "sb"), "eth0", "1.0",
+        p = b.run(aoe_cmd("serve", "--state-dir", str(tmp_path / "sb"), "-i", "eth0", "1.0",
                           str(image(tmp_path / "b.img", 1 << 20, 0xBB))),
                   check=False, timeout=30)
         assert p.returncode == 1
@@ -31,7 +31,7 @@ def test_second_aoe_serve_is_refused(lab: Lab, tmp_path: Path) -> None:
         assert f"answers for 1.0 ({seg.macs['a']} on eth0)" in p.stderr
         # --force serves anyway (with a warning): now two disks answer for 1.0, and the
         # initiator sees they differ and refuses to combine them.
-        second = serve(b, "--force", "--state-dir", str(tmp_path / "sb"), "eth0", "1.0",
+        second = serve(b, "--force", "--state-dir", str(tmp_path / "sb"), "-i", "eth0", "1.0",
                        str(tmp_path / "b.img"))
         try:
             d = c.run(aoe_cmd("discover", "-i", "eth0", "1.0"), check=False, timeout=30)
@@ -60,12 +60,13 @@ def test_vblade_on_the_address_is_refused(lab: Lab, tmp_path: Path) -> None:
     try:
         time.sleep(0.5)
         assert vb.poll() is None
-        p = b.run(aoe_cmd("serve", "--state-dir", str(tmp_path / "s"), "eth0", "2.5",
+        p = b.run(aoe_cmd("serve", "--state-dir", str(tmp_path / "s"), "-i", "eth0", "2.5",
                           str(image(tmp_path / "b.img", 1 << 20, 2))), check=False, timeout=30)
         assert p.returncode == 1 and "Traceback" not in p.stderr
         assert f"answers for 2.5 ({seg.macs['a']} on eth0)" in p.stderr
         # Another address on the same segment is free.
-        ok = serve(b, "--state-dir", str(tmp_path / "s"), "eth0", "2.6", str(tmp_path / "b.img"))
+        ok = serve(b, "--state-dir", str(tmp_path / "s"), "-i", "eth0", "2.6",
+                   str(tmp_path / "b.img"))
         stop(lab, ok)
     finally:
         lab.kill(vb)

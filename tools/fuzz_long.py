@@ -38,7 +38,7 @@ def one_run(kind: str, count: int, seed: int, rate: float | None) -> bool:
         original = patterned(image)
         th = make_two_hosts(lab)
         argv = (["vblade", "1", "0", "eth0", str(image)] if kind == "vblade" else
-                [AOE, "serve", "--state-dir", f"{tmp}/state", "eth0", "1.0", str(image)])
+                [AOE, "serve", "--state-dir", f"{tmp}/state", "-i", "eth0", "1.0", str(image)])
         proc = th.target.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with th.initiator.enter():
             with Probe("eth0", 1, 0, timeout=0.2) as probe:
