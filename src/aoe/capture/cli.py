@@ -112,7 +112,7 @@ def _listen_iface(ifaces: tuple[str, ...]) -> str:
         raise click.UsageError("sniff listens on one interface: give -i once")
     if ifaces:
         return ifaces[0]
-    from ..initiator.ports import default_interfaces
+    from ..net.link import default_interfaces
 
     up = default_interfaces()
     if len(up) != 1:

@@ -5,6 +5,7 @@
         head = disk.read(0, 4096)
 """
 
+from ..net.link import default_interfaces
 from .discovery import PathInfo, TargetInfo, discover
 from .disk import AoeDisk
 from .errors import (
@@ -20,7 +21,6 @@ from .errors import (
     TargetReadOnlyError,
     TargetReservedError,
 )
-from .ports import default_interfaces
 from .session import Session, SessionStats
 
 __all__ = [

@@ -9,26 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
-from ..net.link import LinkInfo, LinkNotFoundError, link_info, list_links
+from ..net.link import (
+    RUNNING_STATES,
+    LinkInfo,
+    LinkNotFoundError,
+    default_interfaces,
+    is_ethernet,
+    link_info,
+)
 from ..net.rawsock import InterfaceError, RawSocket
 from ..protocol.constants import ATA_HEADER_LEN, SECTOR_SIZE
 from .errors import InterfaceUnusableError, MtuMismatchError, NotRootError
-
-_RUNNING = ("UP", "UNKNOWN")  # UNKNOWN: drivers (dummy, tun) that do not report carrier
-
-
-def _is_ethernet(link: LinkInfo) -> bool:
-    mac = link.mac or ""
-    return link.name != "lo" and len(mac) == 17 and mac != "00:00:00:00:00:00"
-
-
-def default_interfaces() -> list[str]:
-    """Every Ethernet interface that is up, loopback excluded, in index order."""
-    return [
-        link.name
-        for link in list_links()
-        if _is_ethernet(link) and link.up and link.operstate in _RUNNING
-    ]
 
 
 def check_root() -> None:
@@ -42,11 +33,11 @@ def check_interface(ifname: str) -> LinkInfo:
         link = link_info(ifname)
     except LinkNotFoundError:
         raise InterfaceUnusableError(f"interface {ifname!r} does not exist") from None
-    if not _is_ethernet(link):
+    if not is_ethernet(link):
         raise InterfaceUnusableError(f"interface {ifname!r} is not an Ethernet interface")
     if not link.up:
         raise InterfaceUnusableError(f"interface {ifname!r} is down (ip link set {ifname} up)")
-    if link.operstate not in _RUNNING:
+    if link.operstate not in RUNNING_STATES:
         raise InterfaceUnusableError(
             f"interface {ifname!r} has no link (state {link.operstate}): is the cable in?"
         )

@@ -219,3 +219,22 @@ def set_mtu(ifname: str, mtu: int) -> LinkInfo:
                 raise MtuError(f"{ifname} refused MTU {mtu}: {exc.args[-1]}") from exc
             raise LinkError(f"cannot set MTU {mtu} on {ifname}: {exc.args[-1]}") from exc
         return _info_from_msg(ipr.link("get", index=idx)[0])
+
+
+RUNNING_STATES = ("UP", "UNKNOWN")  # UNKNOWN: drivers (dummy, tun) that report no carrier
+
+
+def is_ethernet(link: LinkInfo) -> bool:
+    """An interface AoE can speak on: a real MAC, not the loopback."""
+    mac = link.mac or ""
+    return link.name != "lo" and len(mac) == 17 and mac != "00:00:00:00:00:00"
+
+
+def default_interfaces() -> list[str]:
+    """Every Ethernet interface that is up, loopback excluded, in index order: where the
+    commands speak AoE when no interface is named."""
+    return [
+        link.name
+        for link in list_links()
+        if is_ethernet(link) and link.up and link.operstate in RUNNING_STATES
+    ]

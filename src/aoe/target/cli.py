@@ -257,7 +257,7 @@ def _build_config(ifaces: tuple[str, ...], address: tuple[int, int] | None, file
         raise click.UsageError("need SHELF.SLOT FILE (e.g. aoe serve 1.0 disk.img -i eth0) "
                                "or --config FILE")
     if not ifaces:
-        from ..initiator.ports import default_interfaces
+        from ..net.link import default_interfaces
 
         ifaces = tuple(default_interfaces())
         if not ifaces:
