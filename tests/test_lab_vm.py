@@ -17,6 +17,7 @@ from aoe.lab.vm import (
     build_initramfs,
     find_busybox,
     find_kernel,
+    hidden_by_scratch,
     module_depends,
 )
 
@@ -52,6 +53,27 @@ def test_initramfs_is_a_cpio_archive_busybox_can_read(tmp_path: Path) -> None:
                        capture_output=True, timeout=30)
     assert (out / "a/b/c.txt").read_bytes() == b"hello"
     assert os.access(out / "init", os.X_OK)
+
+
+def test_only_paths_under_the_guests_scratch_dirs_are_held_aside() -> None:
+    assert hidden_by_scratch(["/tmp/ci/clone", "/run/x", "/var/tmp/y", "/work/main",
+                              "/tmp", "/tmpx/z", "/tmp/ci/clone"]) == [
+        "/run/x", "/tmp/ci/clone", "/var/tmp/y"]
+
+
+@pytest.mark.vm
+@pytest.mark.netns
+def test_a_checkout_under_tmp_is_seen_by_the_guest(tmp_path: Path) -> None:
+    """A checkout under /tmp (as CI may clone it) stays visible under the guest's own
+    tmpfs on /tmp; what the guest writes there stays in the guest."""
+    require_vm()
+    (tmp_path / "marker").write_text("from the host\n")
+    leak = Path(f"/tmp/pyaoe-guest-only-{os.getpid()}")
+    with Lab("aoevm-") as lab, Guest(lab.host("target"), keep=[str(tmp_path)]) as guest:
+        result = guest.run(f"echo @@marker=$(cat {tmp_path}/marker)\n"
+                           f"echo guest > {leak}; echo @@wrote=$?\n", timeout=120)
+    assert result.mark("marker") == "from the host"
+    assert result.mark("wrote") == "0" and not leak.exists()
 
 
 @pytest.mark.vm

@@ -5,7 +5,8 @@ The guest is what the other machine of a two-machine set-up would be: it runs th
 own AoE initiator (aoe.ko) or pyaoe's `aoe attach` over the kernel's nbd driver. The host's
 root file system is shared read-only over 9p and the guest chroots into it, so every
 program of the host (python from the project's virtualenv included, at the same path) runs
-in the guest; a tmpfs over /tmp, /run and /var/tmp keeps the guest's scratch files apart.
+in the guest; a tmpfs over /tmp, /run and /var/tmp keeps the guest's scratch files apart
+(the environment and checkout the package runs from stay visible even when they lie there).
 
 Protocol on the serial console: the guest prints ``@@pyaoe-vm start`` once it has its
 root, then whatever the script prints, then ``@@pyaoe-vm exit <status>``. Scripts may
@@ -24,6 +25,7 @@ import select
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -184,6 +186,25 @@ def build_initramfs(files: Mapping[str, bytes | tuple[bytes, int]]) -> bytes:
     return bytes(out)
 
 
+SCRATCH_DIRS = ("/tmp", "/run", "/var/tmp")  # a tmpfs of the guest's own over each
+
+
+def default_keep() -> list[str]:
+    """What the guest runs from: this Python environment and the package's checkout."""
+    package = Path(__file__).resolve().parent.parent  # .../aoe
+    return sorted({os.path.realpath(sys.prefix), str(package.parent.parent)})
+
+
+def hidden_by_scratch(paths: Iterable[str]) -> list[str]:
+    """Those of ``paths`` that lie under a scratch directory (the guest would not see them)."""
+    out = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if " " not in real and any(real.startswith(d + "/") for d in SCRATCH_DIRS):
+            out.append(real)
+    return sorted(set(out))
+
+
 _INIT = r"""#!/bin/busybox sh
 # pyaoe guest init: modules, the host's root over 9p, then the script in a chroot.
 /bin/busybox mkdir -p /proc /sys /dev /newroot
@@ -198,7 +219,11 @@ done
 opts=trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144
 $BB mount -t 9p -o $opts hostroot /newroot || { echo "@@pyaoe-vm exit 125"; $BB poweroff -f; }
 for d in proc sys dev; do /bin/busybox mount --move /$d /newroot/$d; done
+# Host paths the scratch tmpfs would hide (a checkout under /tmp) are held aside and put back.
+KEEP=$($BB cat /keep.list)
+for p in $KEEP; do $BB mkdir -p /keep$p; $BB mount --bind /newroot$p /keep$p; done
 for d in tmp run var/tmp; do /bin/busybox mount -t tmpfs tmpfs /newroot/$d; done
+for p in $KEEP; do $BB mkdir -p /newroot$p; $BB mount --bind /keep$p /newroot$p; done
 /bin/busybox mkdir -p /newroot/dev/pts /newroot/dev/shm
 /bin/busybox mount -t devpts devpts /newroot/dev/pts
 /bin/busybox cp -a /vm /newroot/tmp/vm
@@ -241,8 +266,12 @@ class Guest:
     def __init__(self, host: Host, *, mtu: int = 1500, memory_mb: int = 512,
                  modules: Iterable[str] = BASE_MODULES,
                  module_args: Mapping[str, str] | None = None,
-                 kernel: Kernel | None = None, tap: str | None = None) -> None:
+                 kernel: Kernel | None = None, tap: str | None = None,
+                 keep: Iterable[str] | None = None) -> None:
         self.host = host
+        # Host paths the guest must see even under its scratch tmpfs: by default this
+        # Python environment and the checkout the package runs from.
+        self.keep = list(keep) if keep is not None else default_keep()
         self.mtu = mtu
         self.memory_mb = memory_mb
         self.kernel = kernel or find_kernel()
@@ -302,6 +331,7 @@ class Guest:
             "bin/busybox": (find_busybox().read_bytes(), 0o755),
             "init": (_INIT.encode(), 0o755),
             "modules.order": "".join(p.name + "\n" for p in paths).encode(),
+            "keep.list": "".join(p + "\n" for p in hidden_by_scratch(self.keep)).encode(),
             "modules.args": "".join(f"{k} {v}\n" for k, v in self.module_args.items()).encode(),
             "vm/script.sh": (script.encode(), 0o755),
         }
