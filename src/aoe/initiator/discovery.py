@@ -39,6 +39,10 @@ from .ports import check_root, open_ports, resolve_interfaces
 
 RECV_SIZE = 65536
 RESEND_INTERVAL = 0.25  # seconds between Query Configs while collecting answers
+# How long an addressed query keeps listening once every port has an answer: enough for a
+# second target on the segment that claims the same address (two disks, one shelf.slot)
+# to answer as well, so that the mix is refused rather than missed.
+OTHER_OWNER_GRACE = 0.05
 
 
 @dataclass
@@ -161,9 +165,10 @@ def query_config(
 
     ``target`` directs the query at one shelf.slot. Collection runs for ``timeout``
     seconds, or stops ``settle`` seconds after the last new path once any answer came.
-    With ``settle`` and a ``target``, it stops as soon as that target has answered on
-    every port (answers already queued are still read, so a target with two MACs on one
-    port keeps both): a start-up should not wait once there is nothing left to learn.
+    With ``settle`` and a ``target``, it stops OTHER_OWNER_GRACE after that target has
+    answered on every port (so a second MAC answering for the same address, a second path
+    or a second disk, is still heard): a start-up should not wait once there is nothing
+    left to learn.
     The query is sent again every RESEND_INTERVAL while collecting (each time with its
     own tag, for the RTT), so one lost frame on a lossy link does not hide a target.
     """
@@ -175,6 +180,7 @@ def query_config(
     asked_on = {port.ifname for port in ports}
     end = time.monotonic() + timeout
     stop = end
+    quiet_at: float | None = None  # when an addressed query has heard enough
     attempt = 0
     while time.monotonic() < stop:
         tag = ((first_tag + attempt) & 0xFFFFFFFF) | 0x80000000  # high bit: not an I/O tag
@@ -221,8 +227,13 @@ def query_config(
             )
             if settle is not None:
                 stop = min(end, now + settle)
-                if target is not None and {p.ifname for p in info.paths} >= asked_on:
-                    stop = now  # every port has its answer: read what is queued, then go
+                if (target is not None and quiet_at is None
+                        and {p.ifname for p in info.paths} >= asked_on):
+                    # Every port has its answer: wait only as long as a second target
+                    # claiming the same address would take to answer too.
+                    quiet_at = now + OTHER_OWNER_GRACE
+                if quiet_at is not None:
+                    stop = min(stop, quiet_at)
                 deadline[0] = min(deadline[0], stop)
     return sorted(found.values(), key=lambda t: (t.shelf, t.slot))
 
