@@ -353,9 +353,15 @@ class Session:
         for req in self.core.take_completed():
             req.finish()
 
-    def _fail_requests(self, exc: InitiatorError) -> None:
-        """Fail what is queued and in flight, but keep the session (a dead target)."""
+    def _fail_requests(self, exc: InitiatorError, end_session: bool = False) -> None:
+        """Fail what is queued and in flight with ``exc``; the session lives on (a dead
+        target may come back) unless ``end_session``, after which every new request fails
+        with the first such error."""
         with self._lock:
+            if end_session:
+                if self._failure is None:
+                    self._failure = exc
+                exc = self._failure
             waiting = list(self._incoming)
             self._incoming.clear()
         reqs: dict[int, Request] = {id(r): r for r in waiting}
@@ -365,20 +371,7 @@ class Session:
             if req.error is None:
                 req.error = exc
                 req.finish()
-        self._release_completed()
+        self._release_completed()  # finished before the failure: they keep their outcome
 
     def _fail_everything(self, exc: InitiatorError) -> None:
-        with self._lock:
-            if self._failure is None:
-                self._failure = exc
-            failure = self._failure
-            waiting = list(self._incoming)
-            self._incoming.clear()
-        reqs: dict[int, Request] = {id(r): r for r in waiting}
-        for req in self.core.fail_all():
-            reqs.setdefault(id(req), req)
-        for req in reqs.values():
-            if req.error is None:
-                req.error = failure
-                req.finish()
-        self._release_completed()  # finished before the failure: they keep their outcome
+        self._fail_requests(exc, end_session=True)
