@@ -200,6 +200,20 @@ class SessionStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def _room(path: PathWindow) -> int:
+    """Frames ``path`` may send now: what its window (``outstanding < cwnd`` before each
+    frame) and the target's buffers allow."""
+    gap = path.cwnd - path.outstanding
+    if gap <= 0:
+        return 0
+    frames = int(gap)
+    if frames < gap:
+        frames += 1
+    budget = path.budget
+    free = budget.limit - budget.outstanding
+    return frames if frames < free else free
+
+
 class SessionCore:
     """Requests, tags, windows, timers and path state of one shelf.slot (module docstring).
 
@@ -240,6 +254,7 @@ class SessionCore:
         self._seq = 0
         self._rr = 0
         self._turn = 0  # frames cut in a row from the request at the head of pending
+        self._rx_views: dict[tuple[int, int, int], tuple[memoryview, list[memoryview]]] = {}
 
     @property
     def address(self) -> str:
@@ -299,85 +314,114 @@ class SessionCore:
             return failed
         return min(others, key=lambda p: p.outstanding / p.cwnd)
 
-    def next_frames(self, now: float) -> None:  # noqa: C901 - per-frame hot path, one piece
+    def next_frames(self, now: float) -> None:
         """Cut pending requests into frames, into the outboxes, while some path has room
         in its window.
 
-        This and on_answers are the per-frame hot paths, so the first transmission of a
-        frame is written out here rather than through _transmit.
+        Frames are cut in runs: as many of the head request's frames as the window, the
+        target's buffers, the request's turn and the outbox allow, in one tight loop
+        (:meth:`_cut`) with the counters updated once per run. With several paths each
+        frame picks its path (round robin), so runs are one frame long there.
         """
         pending = self.pending
         single = len(self.paths) == 1
-        path = self.paths[0]
-        tags = self.tags
-        seq = self._seq
-        run = self._turn
-        pack = ATA_TX.pack_into
+        path = last = self.paths[0]
         while pending:
             if single:
-                budget = path.budget
-                if path.outstanding >= path.cwnd or budget.outstanding >= budget.limit:
-                    break
+                room = _room(path)
             else:
                 picked = self._pick_path()
                 if picked is None:
                     break
-                path = picked
-                budget = path.budget
-            req = pending[0]
-            if req.nodata:
-                n = nbytes = 0
-                req.remaining = 0
-                lba = req.lba
-            else:
-                n = req.remaining
-                if n > path.frame_sectors:
-                    n = path.frame_sectors
-                nbytes = n * SECTOR_SIZE
-                lba = req.next_lba
-                req.next_lba = lba + n
-                req.remaining -= n
-            off = req.next_off
-            req.next_off = off + nbytes
-            req.frames_out += 1
-            if req.remaining == 0:
-                pending.popleft()
-                run = 0
-            elif len(pending) > 1:
-                # Take turns between requests, RUN_FRAMES frames at a time: adjacent
-                # sectors in a row let the target read or write them with one call.
-                run += 1
-                if run >= RUN_FRAMES:
-                    pending.rotate(-1)
-                    run = 0
+                path = last = picked
+                room = 1
+            if room <= 0:
+                break
+            self._cut(pending[0], path, room, now)
+        if self.next_check == INF and self.tags:
+            self.next_check = now + last.rto
+
+    def _cut(self, req: Request, path: PathWindow, room: int, now: float) -> None:
+        """Send up to ``room`` frames of ``req`` (the head of pending) on ``path``, as the
+        request's turn and the outbox allow; rotate or drop the request as its turn or
+        its sectors run out. The first transmission of a frame is written out here
+        rather than through _transmit: this is a per-frame hot path."""
+        pending = self.pending
+        tx = path.tx
+        q = tx.queued
+        if q == BATCH:
+            tx.flush()
+            q = 0
+        nodata = req.nodata
+        remaining = req.remaining
+        if nodata:
+            step, k = 0, 1  # a flush: one frame, no sectors
+        else:
+            step = path.frame_sectors
+            k = (remaining + step - 1) // step
+        run = self._turn
+        several = len(pending) > 1
+        if several and k > RUN_FRAMES - run:
+            k = RUN_FRAMES - run
+        if k > room:
+            k = room
+        if k > BATCH - q:
+            k = BATCH - q
+        tags = self.tags
+        txq = path.txq
+        pack = ATA_TX.pack_into
+        buf = tx.buf
+        prefix = path.prefix
+        index = path.index
+        aflags, cmd, bits = req.aflags, req.cmd, req.lba_bits
+        is_write, addr = req.is_write, req.addr
+        data_addrs, data_lens = tx.data_addrs, tx.data_lens
+        seq = self._seq
+        pseq = path.pseq
+        lba = req.next_lba
+        off = req.next_off
+        for _ in range(k):
+            n = remaining if remaining < step else step
+            nbytes = n * SECTOR_SIZE
             seq = (seq + 1) & TAG_SEQ_MASK
-            tag = (seq << 8) | path.index
-            pseq = path.pseq = path.pseq + 1
+            tag = (seq << 8) | index
+            pseq += 1
             frame = InFlight(req, lba, n, off, nbytes, path, tag, pseq, now)
             tags[tag] = frame
-            path.outstanding += 1
-            budget.outstanding += 1
-            path.txq.append(frame)
-            path.sent += 1
-            # What _queue_frame does, inline on this hot path.
-            tx = path.tx
-            q = tx.queued
-            if q == BATCH:
-                tx.flush()
-                q = 0
-            lba |= req.lba_bits
-            pack(tx.buf, q * TX_HEAD, path.prefix, tag, req.aflags, 0, n, req.cmd,
-                 lba & 0xFFFFFFFF, lba >> 32)
-            if req.is_write:
-                tx.data_addrs[q] = req.addr + off
-                tx.data_lens[q] = nbytes
+            txq.append(frame)
+            wire_lba = lba | bits
+            pack(buf, q * TX_HEAD, prefix, tag, aflags, 0, n, cmd, wire_lba & 0xFFFFFFFF,
+                 wire_lba >> 32)
+            if is_write:
+                data_addrs[q] = addr + off
+                data_lens[q] = nbytes
             else:
-                tx.data_lens[q] = 0
-            tx.queued = q + 1
+                data_lens[q] = 0
+            q += 1
+            lba += n
+            off += nbytes
+            remaining -= n
+        tx.queued = q
         self._seq = seq
-        self._turn = run
-        if self.next_check == INF and tags:
-            self.next_check = now + path.rto
+        path.pseq = pseq
+        path.outstanding += k
+        path.budget.outstanding += k
+        path.sent += k
+        req.next_lba = lba
+        req.next_off = off
+        req.frames_out += k
+        req.remaining = remaining = 0 if nodata else remaining
+        if remaining == 0:
+            pending.popleft()
+            self._turn = 0
+        elif several:
+            # Take turns between requests, RUN_FRAMES frames at a time: adjacent
+            # sectors in a row let the target read or write them with one call.
+            run += k
+            if run >= RUN_FRAMES:
+                pending.rotate(-1)
+                run = 0
+            self._turn = run
 
     def _queue_frame(self, frame: InFlight, path: PathWindow, tag: int) -> None:
         """Put the frame in the path's outbox: its header in a slot, a write's data
@@ -431,12 +475,22 @@ class SessionCore:
             lengths: Sequence[int], count: int, size: int) -> None:
         """Take ``count`` frames received on ``port``: frame i is ``lengths[i]`` bytes at
         ``i * size`` in ``buf`` (``mv`` is a memoryview of it). Read data goes straight
-        from there into the callers' buffers."""
+        from there into the callers' buffers.
+
+        One loop over the batch with everything it touches bound to locals; the RTT
+        sample and the window growth are written out inline (what PathWindow.sample_rtt
+        does), and a full frame's data is copied from a view of its slot made once per
+        receive buffer (:meth:`_slot_data`).
+        """
         tags = self.tags
+        get = tags.get
         paths = self.paths
         rx_ok = self._rx_ok
         stats = self.stats
         unpack = RX.unpack_from
+        completed = self.completed
+        full = paths[0].frame_sectors * SECTOR_SIZE
+        slot_data = self._slot_data(mv, size, full)
         answers = 0
         for i in range(count):
             n = lengths[i]
@@ -448,7 +502,7 @@ class SessionCore:
             if head != rx_ok:
                 self._odd_frame(port, mv[base : base + n], now)
                 continue
-            frame = tags.get(tag)
+            frame = get(tag)
             if frame is None:
                 stats.stale_or_duplicate += 1
                 continue
@@ -478,29 +532,47 @@ class SessionCore:
                 continue
             if nbytes and not req.is_write:
                 off = frame.off
-                start = base + ATA_HEADER_LEN
-                req.mv[off : off + nbytes] = mv[start : start + nbytes]  # type: ignore[index]
+                if nbytes == full:
+                    req.mv[off : off + nbytes] = slot_data[i]  # type: ignore[index]
+                else:
+                    start = base + ATA_HEADER_LEN
+                    req.mv[off : off + nbytes] = mv[start : start + nbytes]  # type: ignore[index]
             path = frame.path
             path.answered += 1
             if frame.tries == 1:
                 rtt = now - frame.sent
-                path.sample_rtt(rtt)
+                if rtt < path.min_rtt:
+                    path.sample_rtt(rtt)  # also moves the delay target
+                else:
+                    err_rtt = rtt - path.srtt
+                    srtt = path.srtt = path.srtt + err_rtt / 8
+                    if err_rtt < 0:
+                        err_rtt = -err_rtt
+                    rttvar = path.rttvar = path.rttvar + (err_rtt - path.rttvar) / 4
+                    rto = srtt + 4 * rttvar
+                    if rto < path.min_rto:
+                        rto = path.min_rto
+                    elif rto > path.max_rto:
+                        rto = path.max_rto
+                    path.rto = rto
             else:
                 rtt = path.srtt
             cwnd = path.cwnd
             # Grow: slow start, then +1 per window. Below MIN_QUEUED_WINDOW the RTT
             # does not hold growth back: delay (or jitter) alone must not pin a window
             # that losses have cut to 1, where every further loss waits for the RTO.
-            if rtt < path.delay_target or cwnd < MIN_QUEUED_WINDOW:
+            delay_target = path.delay_target
+            if rtt < delay_target or cwnd < MIN_QUEUED_WINDOW:
                 cwnd += 1.0 if cwnd < path.ssthresh else 1.0 / cwnd
                 path.cwnd = cwnd if cwnd < path.limit else float(path.limit)
-            elif rtt > 2.0 * path.delay_target and cwnd > MIN_QUEUED_WINDOW:
+            elif rtt > 2.0 * delay_target and cwnd > MIN_QUEUED_WINDOW:
                 path.cwnd = cwnd - 1.0 / cwnd  # frames only queue up: -1 per window
-            if tag == frame.tag and frame.pseq > path.high:
+            pseq = frame.pseq
+            if tag == frame.tag and pseq > path.high:
                 # Only the latest transmission's answer says how far the path got: an
                 # answer to an earlier one must not make the frames sent between the
                 # two look overtaken (that set off a storm of spurious resends).
-                path.high = frame.pseq
+                path.high = pseq
             # Forget the frame (what _finish_frame does, inline on this hot path).
             frame.done = True
             del tags[frame.tag]
@@ -511,26 +583,55 @@ class SessionCore:
             path.budget.outstanding -= 1
             req.frames_out -= 1
             if req.frames_out == 0 and req.remaining == 0 and req.error is None:
-                self.completed.append(req)
+                completed.append(req)
             txq = path.txq
-            while txq:
-                head_frame = txq[0]
-                if head_frame.done or head_frame.path is not path:
-                    txq.popleft()  # answered, or moved to another path
-                elif head_frame.pseq + path.slack < path.high or (
-                        head_frame.pseq < path.high
-                        and now - head_frame.sent > path.srtt + 4.0 * path.rttvar):
-                    # Overtaken by `slack` later answers, or overtaken at all and older
-                    # than an RTT could explain: lost. The time rule keeps recovery fast
-                    # when jitter has widened the slack beyond what a small window can
-                    # ever answer (otherwise every loss would wait for the RTO).
+            if len(txq) > 1 and txq[0] is frame:
+                # Answered in order, and the next frame is neither answered, moved nor
+                # overtaken (the common case): what _drop_answered would do, inline.
+                head_frame = txq[1]
+                if (head_frame.pseq >= path.high and not head_frame.done
+                        and head_frame.path is path):
                     txq.popleft()
-                    self._fast_retransmit(head_frame, path, now)
-                else:
-                    break
+                    continue
+            self._drop_answered(path, now)
         if answers:
             stats.answers += answers
             self.last_rx = now
+
+    def _slot_data(self, mv: memoryview, size: int, nbytes: int) -> list[memoryview]:
+        """Views of the first ``nbytes`` data bytes of every slot of a receive buffer,
+        made once per buffer (the I/O layer hands in the same one every time). The cache
+        holds ``mv`` itself, so its id cannot be reused by another buffer meanwhile."""
+        key = (id(mv), size, nbytes)
+        cached = self._rx_views.get(key)
+        if cached is not None and cached[0] is mv:
+            return cached[1]
+        if len(self._rx_views) >= 16:  # buffers come and go (tests): keep a few
+            self._rx_views.clear()
+        views = [mv[base + ATA_HEADER_LEN : base + ATA_HEADER_LEN + nbytes]
+                 for base in range(0, len(mv) - size + 1, size)] if size > 0 else []
+        self._rx_views[key] = (mv, views)
+        return views
+
+    def _drop_answered(self, path: PathWindow, now: float) -> None:
+        """Pop the answered (or moved) frames off the head of the path's sending order,
+        and resend at once those that later answers have overtaken."""
+        txq = path.txq
+        while txq:
+            head_frame = txq[0]
+            if head_frame.done or head_frame.path is not path:
+                txq.popleft()  # answered, or moved to another path
+            elif head_frame.pseq + path.slack < path.high or (
+                    head_frame.pseq < path.high
+                    and now - head_frame.sent > path.srtt + 4.0 * path.rttvar):
+                # Overtaken by `slack` later answers, or overtaken at all and older
+                # than an RTT could explain: lost. The time rule keeps recovery fast
+                # when jitter has widened the slack beyond what a small window can
+                # ever answer (otherwise every loss would wait for the RTO).
+                txq.popleft()
+                self._fast_retransmit(head_frame, path, now)
+            else:
+                break
 
     def _fast_retransmit(self, frame: InFlight, path: PathWindow, now: float) -> None:
         """``frame`` is presumed lost: frames sent after it on its path were answered.
