@@ -58,3 +58,20 @@ def test_no_sparse_writes_every_byte_in_one_call_per_chunk(tmp_path: Path) -> No
         res = copy_from_disk(MemDisk(data), f, sparse=False, chunk=2 * HOLE_BLOCK)
     assert res.holes == 0 and out.read_bytes() == data
     assert os.stat(out).st_blocks * 512 >= len(data)
+
+
+def test_a_block_zero_but_for_its_last_byte_is_data(tmp_path: Path) -> None:
+    almost = bytearray(HOLE_BLOCK)
+    almost[-1] = 1  # its first bytes are zero: decided by the whole-block comparison
+    short_zero = bytes(HOLE_BLOCK // 2)  # a last block shorter than HOLE_BLOCK
+    data = bytes(almost) + bytes(HOLE_BLOCK) + short_zero
+    out = tmp_path / "out.img"
+    with open(out, "wb") as f:
+        res = copy_from_disk(MemDisk(data), f, chunk=4 * HOLE_BLOCK)
+    assert res.holes == HOLE_BLOCK + len(short_zero)
+    assert out.read_bytes() == data
+    view = memoryview(data)
+    assert not copy_mod._is_zero(view, 0, HOLE_BLOCK)
+    assert copy_mod._is_zero(view, HOLE_BLOCK, 2 * HOLE_BLOCK)
+    assert copy_mod._is_zero(view, 2 * HOLE_BLOCK, len(data))
+    assert not copy_mod._is_zero(view, HOLE_BLOCK - 8, HOLE_BLOCK + 8)

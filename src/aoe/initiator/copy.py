@@ -112,7 +112,7 @@ def _write_runs(fd: int, data: bytes | memoryview, pos: int, sparse: bool) -> in
     start = 0
     while start < n:
         end = min(n, start + HOLE_BLOCK)
-        if view[start:end] == _ZERO_BLOCK[: end - start]:
+        if _is_zero(view, start, end):
             if run < start:
                 _pwrite_all(fd, view[run:start], pos + run)
             holes += end - start
@@ -121,6 +121,17 @@ def _write_runs(fd: int, data: bytes | memoryview, pos: int, sparse: bool) -> in
     if run < n:
         _pwrite_all(fd, view[run:n], pos + run)
     return holes
+
+
+def _is_zero(view: memoryview, start: int, end: int) -> bool:
+    """Whether bytes start..end of ``view`` are all zeros. Comparing memoryviews goes
+    element by element (2 CPU s per GB of zeros); bytes compare with memcmp, so a block
+    whose first bytes are zero is copied out once and compared as bytes (0.05 s per GB).
+    """
+    head = min(end, start + 16)
+    if view[start:head] != _ZERO_BLOCK[: head - start]:
+        return False  # data: decided on the first bytes, as before
+    return view[start:end].tobytes() == _ZERO_BLOCK[: end - start]
 
 
 def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
