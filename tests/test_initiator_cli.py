@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ def test_discover_table_and_json(rig: Rig) -> None:
     assert t["model"] == "Coraid EtherDrive vblade" and t["firmware"] and t["serial"]
     assert t["config"] == "" and t["interfaces"] == rig.ifaces
     assert t["paths"][0]["frame_sectors"] == 17
+
+
+def test_discover_stops_listening_once_answers_stop(rig: Rig) -> None:
+    """--timeout is the longest wait for a first answer, not a wait every run pays: once
+    the targets have answered and nothing new comes, the listing is printed."""
+    t0 = time.monotonic()
+    table = aoe(rig, "discover", "--timeout", "60").stdout
+    assert ADDR in table
+    assert time.monotonic() - t0 < 30  # far from the 60 s a full wait would take
 
 
 def test_info(rig: Rig) -> None:

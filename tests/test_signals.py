@@ -79,7 +79,9 @@ def test_copy_stops_says_what_it_copied_and_exits_128_plus_n(
     host, iface = slow_rig
     out = tmp_path / "out.img"
     proc = start(host, [AOE_BIN, "copy", ADDR, "out.img", "-i", iface], tmp_path)
-    wait_for(lambda: out.exists() and out.stat().st_size >= 4 << 20, proc, "4 MiB copied")
+    # Output goes out a 4 MiB chunk at a time: once the second chunk is in the file, the
+    # first has surely been counted as copied.
+    wait_for(lambda: out.exists() and out.stat().st_size >= 8 << 20, proc, "8 MiB copied")
     took, _, err = stop(proc, sig)
     assert proc.returncode == 128 + sig, err
     lines = err.strip().splitlines()

@@ -20,6 +20,7 @@ from aoe.lab.vm import Guest, VmResult
 
 from .support.vm import (
     FrameSizes,
+    SeenQuery,
     debugfs_cat,
     fsck,
     random_image,
@@ -52,11 +53,26 @@ class KernelRun:
     writes: dict[str, bytes]
     big: bytes
     largest_frames: dict[int, int] = field(default_factory=dict)  # shelf -> bytes
+    queries: list[SeenQuery] = field(default_factory=list)  # Query Configs on the cable
+    guest_mac: bytes = b""
 
 
 def _pattern(i: int, size: int) -> bytes:
     unit = f"write {i} of {size} bytes|".encode()
     return (unit * (size // len(unit) + 1))[:size]
+
+
+POLL_MTU = 1500  # the boot that stays up past the driver's 60 s Query Config poll
+
+
+def _poll_wait(mtu: int) -> str:
+    """At one MTU only (it costs a minute): stay up until the driver's periodic Query
+    Config (every 60 s from module load, which came before the script) has gone out."""
+    if mtu != POLL_MTU:
+        return ""
+    return """while [ $(cut -d. -f1 /proc/uptime) -lt $(( ${t0%.*} + 64 )) ]; do sleep 1; done
+echo "@@polled=yes"
+"""
 
 
 def _guest_script(mtu: int) -> str:
@@ -104,7 +120,7 @@ dd if=w0.bin of=/dev/etherd/{READ_ONLY} bs=512 count=1 oflag=direct conv=notrunc
 echo "@@{READ_ONLY}.write_err=$(tail -n1 ro.err)"
 dmesg | grep -i aoe
 echo "@@frames_msgs=$(dmesg | grep -c 'byte data frames')"
-"""
+{_poll_wait(mtu)}"""
 
 
 def _boot(mtu: int, tmp: Path) -> KernelRun:
@@ -136,11 +152,13 @@ def _boot(mtu: int, tmp: Path) -> KernelRun:
                                    timeout=400)
             finally:
                 largest = sizes.stop()
+            guest_mac = bytes.fromhex(guest.mac.replace(":", ""))
             lab.kill(serve)
     print(f"MTU {mtu}: boot {result.boot_seconds:.1f}s, script {result.run_seconds:.1f}s, "
           f"largest frames by shelf {largest}")
     print(result.output)
-    return KernelRun(mtu, result, images, shas, writes, big, largest)
+    return KernelRun(mtu, result, images, shas, writes, big, largest, sizes.queries,
+                     guest_mac)
 
 
 @pytest.fixture(scope="module", params=[1500, 9000], ids=["mtu1500", "mtu9000"])
@@ -192,6 +210,19 @@ def test_kernel_ext4_is_clean_on_the_host(kernel_run: KernelRun, target: str) ->
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert debugfs_cat(kernel_run.images[dev], "/big.bin") == kernel_run.big
     assert debugfs_cat(kernel_run.images[dev], "/dir/f7") == b"small file 7\n"
+
+
+def test_kernel_query_config_polls_are_answered(kernel_run: KernelRun) -> None:
+    """Every Query Config the driver broadcasts (at load, on `echo > discover` and, at
+    one MTU, its own poll a minute later) gets aoe serve's answer (shelf 1, same tag)."""
+    asked = [q for q in kernel_run.queries if not q.response and q.src == kernel_run.guest_mac]
+    answered = {q.tag for q in kernel_run.queries if q.response and q.shelf == 1}
+    assert asked, kernel_run.queries
+    assert all(q.tag in answered for q in asked), (asked, answered)
+    if kernel_run.mtu == POLL_MTU:
+        assert kernel_run.result.mark("polled") == "yes"
+        span = asked[-1].when - asked[0].when
+        assert span >= 55, f"the driver's Query Configs span only {span:.1f} s: {asked}"
 
 
 def test_kernel_cannot_write_a_read_only_export(kernel_run: KernelRun) -> None:

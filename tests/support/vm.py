@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -84,17 +85,30 @@ def debugfs_cat(image: Path, name: str) -> bytes:
     return done.stdout
 
 
+@dataclass
+class SeenQuery:
+    """A Query Config frame seen on the cable."""
+
+    when: float  # time.monotonic() on the host
+    src: bytes
+    shelf: int
+    tag: int
+    response: bool
+
+
 class FrameSizes:
-    """Largest AoE frame seen on an interface per shelf, both directions (a raw socket in
-    the host's namespace, read by a thread until stop())."""
+    """Largest AoE frame seen on an interface per shelf, both directions, and every Query
+    Config (a raw socket in the host's namespace, read by a thread until stop())."""
 
     def __init__(self, host: Host, ifname: str) -> None:
         with host.enter():
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88A2))
+            # Every protocol: only such a socket also sees what the host's targets send.
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.sock.bind((ifname, 0x88A2))
+        self.sock.bind((ifname, 3))
         self.sock.settimeout(0.2)
         self.largest: dict[int, int] = {}
+        self.queries: list[SeenQuery] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -108,9 +122,13 @@ class FrameSizes:
                 continue
             except OSError:
                 return
-            if n >= 22:
+            if n >= 22 and buf[12:14] == b"\x88\xa2":
                 shelf = int.from_bytes(buf[16:18], "big")  # after dst, src, type, ver/flags, error
                 self.largest[shelf] = max(self.largest.get(shelf, 0), n)
+                if n >= 24 and buf[19] == 1:  # Query Config
+                    self.queries.append(SeenQuery(time.monotonic(), bytes(buf[6:12]), shelf,
+                                                  int.from_bytes(buf[20:24], "big"),
+                                                  bool(buf[14] & 0x08)))
 
     def stop(self) -> dict[int, int]:
         self._stop.set()

@@ -107,8 +107,9 @@ class Bench:
         self.size = size
         self.verbose = verbose
         self.lab = Lab()
-        self.shm = Path(tempfile.mkdtemp(prefix="pyaoe-bench-", dir="/dev/shm"))
-        self.work = Path(tempfile.mkdtemp(prefix="pyaoe-bench-"))
+        # The pid in the name tells whose scratch it is when several benches run at once.
+        self.shm = Path(tempfile.mkdtemp(prefix=f"pyaoe-bench-{os.getpid()}-", dir="/dev/shm"))
+        self.work = Path(tempfile.mkdtemp(prefix=f"pyaoe-bench-{os.getpid()}-"))
         self.mtu = 1500
         self.targets: dict[str, subprocess.Popen[str]] = {}
         self.workers: dict[str, Worker] = {}

@@ -42,6 +42,11 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+# How long `aoe discover` listens after the last new answer: longer than the interval at
+# which the query is repeated, so a target that missed the first one answers the next.
+LIST_SETTLE = 0.3
+
+
 def _iface_options(fn: F) -> F:
     fn = iface_option()(fn)
     fn = click.option(
@@ -123,6 +128,9 @@ def discover(
 ) -> None:
     """Find AoE targets (all, or only TARGET as SHELF.SLOT) and IDENTIFY each one.
 
+    Listening ends 0.3 s after the last new answer (the query is repeated meanwhile, for a
+    target that missed it), or after --timeout when nothing answers.
+
     Exits 1 when none answered (with --json too, after printing an empty list).
 
     \b
@@ -130,7 +138,8 @@ def discover(
               aoe discover 1.0 --json
     """
     with _friendly_errors():
-        found = discover_targets(ifaces or None, target, timeout)
+        found = discover_targets(ifaces or None, target, timeout,
+                                 settle=min(timeout, LIST_SETTLE))
     if as_json:
         click.echo(json.dumps([t.as_dict() for t in found], indent=2))
     if not found:  # an error in either form (the JSON form has printed its empty list)
