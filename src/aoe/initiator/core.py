@@ -477,10 +477,9 @@ class SessionCore:
         ``i * size`` in ``buf`` (``mv`` is a memoryview of it). Read data goes straight
         from there into the callers' buffers.
 
-        One loop over the batch with everything it touches bound to locals; the RTT
-        sample and the window growth are written out inline (what PathWindow.sample_rtt
-        does), and a full frame's data is copied from a view of its slot made once per
-        receive buffer (:meth:`_slot_data`).
+        One loop over the batch with everything it touches bound to locals; the window
+        growth is written out inline, and a full frame's data is copied from a view of
+        its slot made once per receive buffer (:meth:`_slot_data`).
         """
         tags = self.tags
         get = tags.get
@@ -541,20 +540,7 @@ class SessionCore:
             path.answered += 1
             if frame.tries == 1:
                 rtt = now - frame.sent
-                if rtt < path.min_rtt:
-                    path.sample_rtt(rtt)  # also moves the delay target
-                else:
-                    err_rtt = rtt - path.srtt
-                    srtt = path.srtt = path.srtt + err_rtt / 8
-                    if err_rtt < 0:
-                        err_rtt = -err_rtt
-                    rttvar = path.rttvar = path.rttvar + (err_rtt - path.rttvar) / 4
-                    rto = srtt + 4 * rttvar
-                    if rto < path.min_rto:
-                        rto = path.min_rto
-                    elif rto > path.max_rto:
-                        rto = path.max_rto
-                    path.rto = rto
+                path.sample_rtt(rtt)  # the estimator has one owner: PathWindow
             else:
                 rtt = path.srtt
             cwnd = path.cwnd
