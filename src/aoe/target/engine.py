@@ -517,13 +517,7 @@ class Engine:
             c.reads += 1
             c.bytes_read += nbytes
             exp.bytes_read += nbytes
-            _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot, 0, tag)
-            buf[25] = 0
-            buf[27] = _DRDY
-            if end < ETH_MIN_FRAME:
-                buf[end:ETH_MIN_FRAME] = _PAD[end:]
-                return ETH_MIN_FRAME
-            return end
+            return self._ata_ok(buf, exp, src, tag, end)
         return self._ata_other(buf, exp, src, tag, aflags, feature, count, op, lo)
 
     def _ata_write(self, buf: Buf, data: memoryview, nbytes: int, exp: Store, src: bytes,
@@ -545,11 +539,19 @@ class Engine:
         c.writes += 1
         c.bytes_written += nbytes
         exp.bytes_written += nbytes
+        return self._ata_ok(buf, exp, src, tag, ATA_HEADER_LEN)
+
+    def _ata_ok(self, buf: Buf, exp: Store, src: bytes, tag: int, end: int) -> int:
+        """Write a successful ATA reply's headers over the request in ``buf`` (its data,
+        if any, already in place up to ``end``); returns the frame's length, padded to
+        the Ethernet minimum."""
         _HDR_PACK(buf, 0, src, self.mac, ETHERTYPE_AOE, _RESP, 0, exp.shelf, exp.slot, 0, tag)
         buf[25] = 0
         buf[27] = _DRDY
-        buf[ATA_HEADER_LEN:ETH_MIN_FRAME] = _PAD[ATA_HEADER_LEN:]
-        return ETH_MIN_FRAME
+        if end < ETH_MIN_FRAME:
+            buf[end:ETH_MIN_FRAME] = _PAD[end:]
+            return ETH_MIN_FRAME
+        return end
 
     def _ata_other(self, buf: Buf, exp: Store, src: bytes, tag: int, aflags: int,
                    feature: int, count: int, op: int, lo: int) -> int:
