@@ -218,27 +218,29 @@ def _export_config(config: Any, where: str) -> bytes | None:
     return config_b
 
 
+def _string_list(value: object, where: str, what: str) -> list[str] | None:
+    """A TOML value that is a string or a list of strings, as a list (None if absent)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of {what}")
+    return value
+
+
 def _export_interfaces(ifaces: Any, where: str) -> list[str] | None:
     """The interfaces an export is limited to (None: every served interface)."""
-    if ifaces is None:
-        return None
-    if isinstance(ifaces, str):
-        ifaces = [ifaces]
-    if not (isinstance(ifaces, list) and all(isinstance(n, str) for n in ifaces)):
-        raise ConfigError(f"{where}.interfaces: expected a list of interface names")
-    return ifaces
+    return _string_list(ifaces, f"{where}.interfaces", "interface names")
 
 
 def _parse_allow(value: object, where: str) -> list[bytes] | None:
     """``allow = ["aa:bb:cc:dd:ee:ff", ...]``: the MACs seeded into the mask list."""
-    if value is None:
+    texts = _string_list(value, f"{where}.allow", "MAC addresses")
+    if texts is None:
         return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-        raise ConfigError(f"{where}.allow: expected a list of MAC addresses")
     out: list[bytes] = []
-    for m in value:
+    for m in texts:
         try:
             mac = parse_mac(m)
         except ValueError as exc:
