@@ -37,20 +37,9 @@ def test_bench_quick_target_scenario(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\nprose that must stay\n")
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH), "--quick", "--scenarios", "target", "--mtus", "9000",
-         "--size", "16M", "--no-write-docs", "--docs", str(docs), "--json", str(out_json)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:  # SIGTERM first: the bench then removes its lab
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    proc, stdout, stderr = _run_bench(
+        ["--quick", "--scenarios", "target", "--mtus", "9000", "--size", "16M",
+         "--no-write-docs", "--docs", str(docs), "--json", str(out_json)], 120)
     assert proc.returncode == 0, stderr
     assert "| 9000 | read |" in stdout and "| 9000 | write |" in stdout
     report = json.loads(out_json.read_text())

@@ -97,6 +97,18 @@ static void put_lba(struct aoe *h, uint64_t v) {
     for (int i = 0; i < 6; i++, v >>= 8) h->lba[i] = v & 0xff;
 }
 
+/* Send the first n prepared messages, in as many calls as the kernel needs. */
+static void send_all(int s, struct mmsghdr *smsg, int n) {
+    for (int done = 0; done < n;) {
+        int k = sendmmsg(s, smsg + done, n - done, 0);
+        if (k < 0) {
+            if (errno == EINTR || errno == ENOBUFS) continue;
+            die("sendmmsg");
+        }
+        done += k;
+    }
+}
+
 /* ---- responder ---------------------------------------------------------------------- */
 
 static _Noreturn void serve(const char *iface, int shelf, int slot, const char *path) {
@@ -195,14 +207,7 @@ static _Noreturn void serve(const char *iface, int shelf, int slot, const char *
             memcpy(to.sll_addr, q->src, 6);
             out++;
         }
-        for (int done = 0; done < out;) {
-            int k = sendmmsg(s, smsg + done, out - done, 0);
-            if (k < 0) {
-                if (errno == EINTR || errno == ENOBUFS) continue;
-                die("sendmmsg");
-            }
-            done += k;
-        }
+        send_all(s, smsg, out);
     }
 }
 
@@ -305,14 +310,7 @@ static int reader(const char *iface, int shelf, int slot, uint64_t bytes, int wi
             out++;
         }
         npend = 0;
-        for (int d = 0; d < out;) {
-            int k = sendmmsg(s, smsg + d, out - d, 0);
-            if (k < 0) {
-                if (errno == EINTR || errno == ENOBUFS) continue;
-                die("sendmmsg");
-            }
-            d += k;
-        }
+        send_all(s, smsg, out);
         struct pollfd p = {.fd = s, .events = POLLIN};
         int ready = poll(&p, 1, 50);
         if (ready <= 0) { /* nothing for 50 ms: send every outstanding request again */

@@ -54,15 +54,21 @@ class Outbox:
         self.queued = 0
 
 
-def measure(frames: int, sectors: int, window: int) -> float:
-    """Seconds of core time per frame reading ``frames`` frames of ``sectors`` sectors."""
-    port = Port()
+def _one_path_core(port: Port, sectors: int, window: int) -> tuple[SessionCore, Outbox]:
+    """A core with one path through ``port``, its window open to ``window`` frames, and
+    the outbox the core writes its frames into."""
     path = PathWindow(0, port, TARGET, 1, 0, MacBudget(window),  # type: ignore[arg-type]
                       sectors, 0.0005, 0.02, 1.0, window, 0.0)
     path.io = port
     path.tx = out = Outbox()
     path.cwnd = float(window)
-    core = SessionCore(1, 0, [path], now=0.0)
+    return SessionCore(1, 0, [path], now=0.0), out
+
+
+def measure(frames: int, sectors: int, window: int) -> float:
+    """Seconds of core time per frame reading ``frames`` frames of ``sectors`` sectors."""
+    port = Port()
+    core, out = _one_path_core(port, sectors, window)
     slot = ATA_HEADER_LEN + sectors * SECTOR_SIZE
     rx = bytearray(BATCH * slot)
     rxmv = memoryview(rx)
@@ -104,12 +110,7 @@ def measure_copy(sectors: int, mtu: int, per_batch: int, total: int, depth: int 
     """Seconds of core time per frame reading ``total`` bytes as `aoe copy` does (a
     window of at most one outbox, so every header sent is seen here)."""
     port = Port(mtu=mtu)
-    path = PathWindow(0, port, TARGET, 1, 0, MacBudget(window),  # type: ignore[arg-type]
-                      sectors, 0.0005, 0.02, 1.0, window, 0.0)
-    path.io = port
-    path.tx = out = Outbox()
-    path.cwnd = float(window)
-    core = SessionCore(1, 0, [path], now=0.0)
+    core, out = _one_path_core(port, sectors, window)
     slot = (mtu + 14 + 63) // 64 * 64  # as the session sizes its receive slots
     rx = bytearray(BATCH * slot)
     rxmv = memoryview(rx)
