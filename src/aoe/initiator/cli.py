@@ -27,7 +27,7 @@ from ..net.link import LinkError
 from ..protocol import format_mac
 from ..stopsignals import Interrupted, exit_on_signal, raise_on_stop_signals
 from .copy import CopyResult, VerifyError, check_range, copy_from_disk, copy_to_disk
-from .discovery import TargetInfo
+from .discovery import LIST_SETTLE, TargetInfo
 from .discovery import discover as discover_targets
 from .disk import AoeDisk
 from .errors import InitiatorError
@@ -40,11 +40,6 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-# How long `aoe discover` listens after the last new answer: longer than the interval at
-# which the query is repeated, so a target that missed the first one answers the next.
-LIST_SETTLE = 0.3
 
 
 def _iface_options(fn: F) -> F:

@@ -39,6 +39,9 @@ from .ports import check_root, open_ports, resolve_interfaces
 
 RECV_SIZE = 65536
 RESEND_INTERVAL = 0.25  # seconds between Query Configs while collecting answers
+# How long a listing of every target (`aoe discover`) goes on after the last new answer:
+# longer than RESEND_INTERVAL, so a target that missed the first query answers the next.
+LIST_SETTLE = 0.3
 # How long an addressed query keeps listening once every port has an answer: enough for a
 # second target on the segment that claims the same address (two disks, one shelf.slot)
 # to answer as well, so that the mix is refused rather than missed.
