@@ -18,7 +18,6 @@ from ..protocol import (
     ConfigCommand,
     Frame,
     encode,
-    format_mac,
 )
 from ..protocol.constants import DirectiveCommand, MaskCommand, MaskError, ReserveCommand
 from ..protocol.errors import AoeError
@@ -35,7 +34,7 @@ ATA_ERR = 0x01
 class Answer:
     """What one target MAC said."""
 
-    mac: str
+    mac: bytes  # the target's MAC (text only where it is shown)
     ifname: str
     body: Body | None  # None: no answer within the timeout
     error: int = 0  # AoE error code, 0 for none
@@ -77,7 +76,7 @@ def _exchange(ifaces: Iterable[str] | None, address: tuple[int, int], command: i
             dst = path.target_mac
             port.send(encode(Frame(dst, port.mac, address[0], address[1], command, tag, body),
                              pad=True))
-            pending[tag] = Answer(format_mac(path.target_mac), path.ifname, None)
+            pending[tag] = Answer(path.target_mac, path.ifname, None)
         return _collect(ports, pending, command, timeout)
     finally:
         for p in ports:
@@ -90,7 +89,7 @@ def _collect(ports: Sequence[RawSocket], pending: dict[int, Answer], command: in
     deadline = [time.monotonic() + timeout]
     for _port, frame, _now in _receive(ports, deadline):
         a = pending.get(frame.tag)
-        if a is None or frame.command != command or format_mac(frame.src) != a.mac:
+        if a is None or frame.command != command or frame.src != a.mac:
             continue
         a.body, a.error = frame.body, frame.error if frame.is_error else 0
         del pending[frame.tag]
@@ -113,7 +112,7 @@ def _broadcast_config(ports: Sequence[RawSocket], address: tuple[int, int], body
             continue
         if (frame.shelf, frame.slot) != address:
             continue
-        out.append(Answer(format_mac(frame.src), port.ifname, frame.body,
+        out.append(Answer(frame.src, port.ifname, frame.body,
                           frame.error if frame.is_error else 0))
     return out
 

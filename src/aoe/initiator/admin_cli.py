@@ -47,7 +47,7 @@ def _one_line_errors() -> Iterator[None]:
 def _fail_if_any(answers: list[Answer], what: str) -> None:
     bad = [a for a in answers if a.error or a.body is None]
     if bad:
-        raise click.ClickException("; ".join(f"{a.mac}: {what} failed ({a.error_text})"
+        raise click.ClickException("; ".join(f"{format_mac(a.mac)}: {what} failed ({a.error_text})"
                                               for a in bad))
 
 
@@ -88,7 +88,7 @@ def config_cmd(address: tuple[int, int], action: str | None, text: str | None,
     for a in answers:
         assert isinstance(a.body, ConfigBody)
         value = a.body.config.decode("utf-8", "replace")
-        click.echo(f"{_addr(address)} {a.mac} config {value!r}")
+        click.echo(f"{_addr(address)} {format_mac(a.mac)} config {value!r}")
 
 
 @click.command("mask")
@@ -117,11 +117,11 @@ def mask_cmd(address: tuple[int, int], action: str | None, macs: tuple[bytes, ..
     for a in answers:
         assert isinstance(a.body, MaskBody)
         if a.body.merror:
-            raise click.ClickException(f"{a.mac}: mask list edit stopped after "
+            raise click.ClickException(f"{format_mac(a.mac)}: mask list edit stopped after "
                                        f"{len(a.body.directives)} directive(s): "
                                        f"{admin.mask_error_text(a.body.merror)}")
         listed = ", ".join(format_mac(d.mac) for d in a.body.directives) or "empty (everyone)"
-        click.echo(f"{_addr(address)} {a.mac} mask {listed}")
+        click.echo(f"{_addr(address)} {format_mac(a.mac)} mask {listed}")
 
 
 @click.command("reserve")
@@ -149,7 +149,7 @@ def reserve_cmd(address: tuple[int, int], macs: tuple[bytes, ...], release: bool
     for a in answers:
         assert isinstance(a.body, ReserveBody)
         held = ", ".join(format_mac(m) for m in a.body.macs) or "not reserved"
-        click.echo(f"{_addr(address)} {a.mac} reserve {held}")
+        click.echo(f"{_addr(address)} {format_mac(a.mac)} reserve {held}")
 
 
 @click.command("flush")
@@ -169,5 +169,5 @@ def flush_cmd(address: tuple[int, int], ifaces: tuple[str, ...], timeout: float)
         if a.body.cmd_status & admin.ATA_ERR:
             why = ("the target does not support FLUSH CACHE (command aborted)"
                    if a.body.err_feature & 0x04 else f"ATA error 0x{a.body.err_feature:02x}")
-            raise click.ClickException(f"{a.mac}: flush failed: {why}")
-        click.echo(f"{_addr(address)} {a.mac} flushed")
+            raise click.ClickException(f"{format_mac(a.mac)}: flush failed: {why}")
+        click.echo(f"{_addr(address)} {format_mac(a.mac)} flushed")
