@@ -413,3 +413,87 @@ def test_server_refuses_a_live_socket_and_cleans_its_own(image: Path, tmp_path: 
         (tmp_path / "plain").write_text("x")
         with pytest.raises(FileExistsError):
             NbdServer(dev, socket_path=tmp_path / "plain")
+
+
+class RoundDevice:
+    """A file device that completes reads on its own thread, in rounds, like an AoE disk:
+    every request of a round gets its ``on_done``, then the completion hooks run."""
+
+    def __init__(self, dev: FileBlockDevice, round_size: int) -> None:
+        self.dev = dev
+        self.size = dev.size
+        self.read_only = False
+        self.round_size = round_size
+        self.hooks: list[object] = []
+        self.waiting: list[tuple[int, memoryview, object]] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()  # the test lets the hooks run
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.dev.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.dev.write(offset, data)
+
+    def flush(self) -> None:
+        self.dev.flush()
+
+    def add_completion_hook(self, hook: object) -> None:
+        self.hooks.append(hook)
+
+    def remove_completion_hook(self, hook: object) -> None:
+        self.hooks.remove(hook)
+
+    def submit_read(self, offset: int, buf: memoryview, on_done: object) -> bool:
+        with self.lock:
+            self.waiting.append((offset, buf, on_done))
+            if len(self.waiting) < self.round_size:
+                return True
+            batch, self.waiting = self.waiting, []
+        threading.Thread(target=self._complete, args=(batch,), daemon=True).start()
+        return True
+
+    def _complete(self, batch: list[tuple[int, memoryview, object]]) -> None:
+        for offset, buf, on_done in batch:
+            buf[:] = self.dev.read(offset, len(buf))
+            on_done(None)  # type: ignore[operator]
+        self.release.wait(10)
+        for hook in list(self.hooks):
+            hook()  # type: ignore[operator]
+
+
+def test_replies_completed_together_are_sent_together(image: Path, tmp_path: Path) -> None:
+    """Reads completed in one round of a device's I/O thread are answered by its
+    completion hook, all at once, not one send per completion; the hook goes when the
+    client does."""
+    dev = FileBlockDevice(image)
+    rounds = RoundDevice(dev, round_size=8)
+    data = image.read_bytes()
+    with NbdServer(rounds, socket_path=tmp_path / "r.sock") as srv:  # type: ignore[arg-type]
+        srv.start()
+        c = go(srv)
+        try:
+            for i in range(8):
+                c.request(p.CMD_READ, i, i * 4096, 4096)
+            c.sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):  # done, but held for the round's end
+                c.sock.recv(1, socket.MSG_PEEK)
+            assert len(rounds.hooks) == 1
+            rounds.release.set()
+            c.sock.settimeout(10)
+            got = {}
+            for _ in range(8):
+                error, cookie, payload = c.simple_reply(4096)
+                got[cookie] = (error, payload)
+            assert got == {i: (0, data[i * 4096:(i + 1) * 4096]) for i in range(8)}
+            c.request(p.CMD_DISC, 99)
+            assert c.closed_by_server()
+        finally:
+            c.close()
+        deadline = threading.Event()
+        for _ in range(100):
+            if not rounds.hooks:
+                break
+            deadline.wait(0.05)
+        assert rounds.hooks == []
+    dev.close()

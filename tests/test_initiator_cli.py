@@ -161,3 +161,7 @@ def test_copy_json_summary(rig: Rig, tmp_path: Path) -> None:
     assert summary["holes"] >= 2 << 20 and summary["seconds"] > 0
     assert summary["source"] == ADDR and summary["dest"] == "j.img"
     assert (tmp_path / "j.img").read_bytes() == rig.data
+    # The session's counters: every frame of the copy was answered.
+    session = summary["session"]
+    assert session["answers"] >= SIZE // 8704 and session["send_errors"] == 0
+    assert session["frames_sent"] == session["answers"] + session["retransmits"]

@@ -14,7 +14,14 @@ import pytest
 
 from aoe.initiator.core import BATCH, TX_HEAD, Request, SessionCore
 from aoe.initiator.errors import MtuMismatchError, TargetDeadError, TargetReservedError
-from aoe.initiator.window import INITIAL_SLACK, INITIAL_WINDOW, MacBudget, PathWindow
+from aoe.initiator.window import (
+    FLOOR_HOLD,
+    FLOOR_MARGIN,
+    INITIAL_SLACK,
+    INITIAL_WINDOW,
+    MacBudget,
+    PathWindow,
+)
 from aoe.protocol import (
     ATA_HEADER_LEN,
     SECTOR_SIZE,
@@ -466,3 +473,54 @@ def test_an_aoe_error_answer_fails_the_request_with_its_meaning() -> None:
     other.slot = SLOT + 1
     h2.deliver([encode(other, pad=True)])
     assert h2.core.take_completed() == [] and h2.core.stats.wrong_address == 1
+
+
+def test_a_timeout_answered_late_lifts_the_rto_floor_and_undoes_the_cut() -> None:
+    """A target descheduled longer than the RTO (a CPU-capped one stops for up to 75 ms
+    of each 100 ms) answers the first transmission after the resend went out: the
+    timeout was spurious. The path keeps its window and its RTO stays above that delay,
+    so the next such pause costs no resends; the floor relaxes once pauses stop."""
+    h = Harness()
+    path = h.paths[0]
+    for _ in range(8):  # grow the window a little first
+        h.read(0, 2)
+        h.answer(h.sent())
+        h.core.take_completed()
+    cwnd = path.cwnd
+    req, buf = h.read(4, 2)
+    [first] = h.sent()
+    stall = 0.075
+    h.tick(stall)
+    [again] = h.drain()
+    assert again.frame.tag != first.frame.tag and path.cwnd < cwnd  # resent, cut
+    h.answer([first])  # the target was only late
+    assert h.core.take_completed() == [req] and bytes(buf) == h.disk[4 * 512 : 6 * 512]
+    assert h.core.stats.spurious_timeouts == 1
+    assert path.cwnd >= cwnd  # the cut is undone (and the answer grew it)
+    assert path.rto_floor == pytest.approx(FLOOR_MARGIN * stall)
+    # Clean samples do not pull the RTO under the floor ...
+    h.read(8, 2)
+    h.answer(h.sent())
+    assert path.rto >= FLOOR_MARGIN * stall
+    # ... so the next pause as long as the last is waited out without a resend.
+    h.read(12, 2)
+    pending = h.sent()
+    h.tick(stall)
+    assert h.drain() == [] and h.core.stats.retransmits == 1
+    h.answer(pending)
+    # Without another spurious timeout the floor halves every FLOOR_HOLD seconds.
+    h.tick(FLOOR_HOLD)
+    h.core.on_timer(h.now)
+    assert path.rto_floor == pytest.approx(FLOOR_MARGIN * stall / 2)
+
+
+def test_a_real_loss_does_not_lift_the_rto_floor() -> None:
+    h = Harness()
+    req, _ = h.read(0, 2)
+    h.sent()
+    h.tick(h.paths[0].rto + 1e-6)
+    [again] = h.drain()
+    h.answer([again])  # the first transmission was lost: only the resend is answered
+    assert h.core.take_completed() == [req]
+    assert h.core.stats.spurious_timeouts == 0
+    assert h.paths[0].rto_floor == MIN_RTO

@@ -53,8 +53,10 @@ def available() -> str | None:
 class CpuCap:
     """One cgroup with a CPU quota (percent of one core, None = uncapped)."""
 
-    def __init__(self, name: str, percent: float | None = None) -> None:
+    def __init__(self, name: str, percent: float | None = None,
+                 period_us: int = PERIOD_US) -> None:
         self.name = name
+        self.period_us = period_us
         self.dirs: list[Path] = []
         v2 = _v2_root()
         if v2 is not None:
@@ -78,12 +80,13 @@ class CpuCap:
     def set(self, percent: float | None) -> None:
         """Cap the group at `percent` of one core, or lift the cap (None)."""
         self.percent = percent
-        quota = -1 if percent is None else max(1000, int(PERIOD_US * percent / 100))
+        period = self.period_us
+        quota = -1 if percent is None else max(1000, int(period * percent / 100))
         if self.version == 2:
             (self._cpu / "cpu.max").write_text(
-                f"{'max' if quota < 0 else quota} {PERIOD_US}")
+                f"{'max' if quota < 0 else quota} {period}")
         else:
-            (self._cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (self._cpu / "cpu.cfs_period_us").write_text(str(period))
             (self._cpu / "cpu.cfs_quota_us").write_text(str(quota))
 
     def cpu_seconds(self) -> float:

@@ -46,6 +46,18 @@ class BenchError(RuntimeError):
     """Something in the set-up failed; the message says what."""
 
 
+def compile_bytecode() -> None:
+    """Byte-compile the package as `pip install` does: a checkout run with
+    PYTHONDONTWRITEBYTECODE (or read-only) would otherwise compile every module at every
+    command's start, which is not what a user's installed commands do (measured: 60 ms
+    of CPU per `aoe copy`, 0.24 s of wall time at 25 % of a core)."""
+    import compileall
+
+    import aoe
+
+    compileall.compile_dir(str(Path(aoe.__file__).parent), quiet=1)
+
+
 def fill_random(path: Path, size: int) -> None:
     """A file of `size` bytes of random data (a 16 MiB random block, repeated)."""
     block = os.urandom(16 * MiB)
@@ -106,6 +118,7 @@ class Bench:
     def __init__(self, size: int, verbose: bool = False) -> None:
         self.size = size
         self.verbose = verbose
+        compile_bytecode()
         self.lab = Lab()
         # The pid in the name tells whose scratch it is when several benches run at once.
         self.shm = Path(tempfile.mkdtemp(prefix=f"pyaoe-bench-{os.getpid()}-", dir="/dev/shm"))

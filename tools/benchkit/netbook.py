@@ -84,7 +84,8 @@ class Netbook:
     """The files, the two capped groups and the ways, over the bench's `serve` cable
     (the `vblade` cable for vblade)."""
 
-    def __init__(self, bench: Bench, big: int, tree_file: int) -> None:
+    def __init__(self, bench: Bench, big: int, tree_file: int,
+                 period_ms: float = 100.0) -> None:
         self.bench = bench
         self.root = bench.shm / "netbook"
         self.fsroot = self.root / "fsroot"
@@ -129,9 +130,10 @@ class Netbook:
             f"[tiny]\npath = {self.tiny}\nread only = yes\n")
         self.floor_exe = fastreader.build(bench.work)
         tag = f"{PREFIX}-{os.getpid()}"
-        self.tcap = CpuCap(f"{tag}-target")
+        period = int(period_ms * 1000)
+        self.tcap = CpuCap(f"{tag}-target", period_us=period)
         try:
-            self.icap = CpuCap(f"{tag}-initiator")
+            self.icap = CpuCap(f"{tag}-initiator", period_us=period)
         except BaseException:
             self.tcap.remove()
             raise
@@ -357,7 +359,7 @@ def measure(bench: Bench, opts: Options) -> Results:
     bench.stop_all()
     big = opts.netbook_size
     tree_file = 2048 if opts.quick else 8192
-    nb = Netbook(bench, big, tree_file)
+    nb = Netbook(bench, big, tree_file, opts.netbook_period_ms)
     res = Results(defaultdict(list), defaultdict(list), big, nb.tree)
     try:
         for rate, mtu in links(opts):

@@ -32,6 +32,7 @@ class Options:
     netbook_caps: list[int] = field(default_factory=lambda: list(NETBOOK_CAPS))
     netbook_ways: list[str] = field(default_factory=list)
     netbook_size: int = 256 * MiB  # bytes per way in the netbook scenario
+    netbook_period_ms: float = 100.0  # CFS period of the caps (the kernel's default)
 
     def slow_link_size(self, rate_bits: int) -> int:
         """Bytes per transfer on a shaped link: `size`, but no more than about 8 s of

@@ -176,6 +176,11 @@ class Connection:
         self._waiting = False  # the reader waits for _pending to go down
         self._dev = export.dev
         self._local = threading.local()
+        # Replies completed on the device's I/O thread, sent together at the end of its
+        # round of completions (when the device offers such a hook): one sendmsg for many.
+        self._outbox: list[Reply] = []
+        self._outbox_count = 0
+        self._hooked = False
 
     # -- I/O helpers -----------------------------------------------------------------
 
@@ -345,6 +350,11 @@ class Connection:
         work queue's threads execute the rest (merging runs of contiguous reads or writes
         into one device call) and send the replies."""
         pool = self._pool or WorkQueue(self._workers)
+        add_hook = getattr(self._dev, "add_completion_hook", None)
+        remove_hook = getattr(self._dev, "remove_completion_hook", None)
+        if add_hook is not None and remove_hook is not None:
+            add_hook(self._send_outbox)
+            self._hooked = True
         try:
             while True:
                 req = p.parse_request(self._recv(p.REQUEST_LEN))
@@ -368,8 +378,24 @@ class Connection:
                 while self._pending:
                     self._waiting = True
                     self._idle.wait()
+            if self._hooked and remove_hook is not None:
+                remove_hook(self._send_outbox)
             if pool is not self._pool:
                 pool.close()
+
+    def _send_outbox(self) -> None:
+        """Send the replies of one round of device completions at once (I/O thread)."""
+        count = self._outbox_count
+        if not count:
+            return
+        parts, self._outbox, self._outbox_count = self._outbox, [], 0
+        try:
+            self._send(*parts, wait=False)
+        except OSError as err:  # the client went away: wake the reader
+            log.debug("reply failed: %s", err)
+            _shutdown(self.sock)
+        finally:
+            self._answered(count)
 
     def _submit(self, req: p.Request, payload: bytes) -> bool:
         """Hand a plain aligned read or write straight to a device that completes requests
@@ -390,20 +416,26 @@ class Connection:
             data = memoryview(payload)
 
         def done(exc: BaseException | None) -> None:
+            error = 0
+            if exc is not None:
+                log.warning("%s at %d+%d failed: %s", p.CMD_NAMES.get(req.command),
+                            req.offset, req.length, exc)
+                error = p.error_from_exception(exc)
+            reply = self._reply_parts(req, error, data if kind == p.CMD_READ else b"")
+            if self._hooked and threading.current_thread() is not reader:
+                self._outbox += reply  # sent, and counted, by _send_outbox
+                self._outbox_count += 1
+                return
             try:
-                error = 0
-                if exc is not None:
-                    log.warning("%s at %d+%d failed: %s", p.CMD_NAMES.get(req.command),
-                                req.offset, req.length, exc)
-                    error = p.error_from_exception(exc)
                 # The buffer is this request's own: no need to wait until it has left.
-                self._reply(req, error, data if kind == p.CMD_READ else b"", wait=False)
+                self._send(*reply, wait=False)
             except OSError as err:  # the client went away: wake the reader
                 log.debug("reply failed: %s", err)
                 _shutdown(self.sock)
             finally:
                 self._answered(1)
 
+        reader = threading.current_thread()  # a refusal is answered here, not batched
         try:
             return bool(submit(req.offset, data, done))
         except Exception as exc:  # refused at once (closed, dead, read-only): answer it

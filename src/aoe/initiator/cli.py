@@ -281,7 +281,8 @@ def _summary(result: CopyResult) -> str:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr. Default: only when stderr is a terminal.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the summary as JSON on stdout (bytes, seconds, rate, holes, sha256).")
+              help="Print the summary as JSON on stdout (bytes, seconds, rate, holes, sha256, "
+                   "and the session's counters: frames sent, retransmits, ...).")
 def copy(
     source: str,
     dest: str,
@@ -376,13 +377,14 @@ def _copy(src_addr: tuple[int, int] | None, source: str, dest: str, address: tup
         finally:
             if moved.bar is not None:
                 moved.bar.finish()
+        result.session = disk.stats().as_dict()
     return result
 
 
 def _summary_dict(result: CopyResult) -> dict[str, Any]:
     return {"bytes": result.nbytes, "seconds": round(result.seconds, 6),
             "rate_bytes_per_second": round(result.rate), "holes": result.holes,
-            "verified": result.verified, "sha256": result.sha256}
+            "verified": result.verified, "sha256": result.sha256, "session": result.session}
 
 
 @contextmanager

@@ -53,6 +53,7 @@ class CopyResult:
     holes: int  # bytes left as holes in the output file
     sha256: str | None  # of the data copied, when verify was asked
     verified: bool
+    session: dict[str, int] | None = None  # the AoE session's counters (retransmits, ...)
 
     @property
     def rate(self) -> float:

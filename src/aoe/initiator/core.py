@@ -186,6 +186,7 @@ class SessionStats:
     retransmits: int = 0
     fast_retransmits: int = 0  # of those, sent because later frames were answered
     spurious_retransmits: int = 0  # fast ones whose first transmission was answered after all
+    spurious_timeouts: int = 0  # timed-out frames whose earlier transmission was answered
     answers: int = 0
     stale_or_duplicate: int = 0  # answer to a tag not outstanding (late, duplicated, forged)
     wrong_source: int = 0  # right tag, but from another MAC or another port
@@ -519,8 +520,11 @@ class SessionCore:
                                                        and n <= ETH_MIN_FRAME):
                 stats.wrong_length += 1
                 continue
-            if tag != frame.tag and frame.fast:  # only a valid answer may widen slack
-                self._spurious(tx_path)
+            if tag != frame.tag:  # only a valid answer may widen slack or the RTO
+                if frame.fast:
+                    self._spurious(tx_path)
+                else:
+                    self._spurious_timeout(tx_path, now - frame.first, now)
             answers += 1
             tx_path.last_rx = now
             if tx_path.timeouts_in_row:
@@ -639,6 +643,13 @@ class SessionCore:
         on, and take back the window cut that the false alarm caused."""
         self.stats.spurious_retransmits += 1
         path.reordered()
+
+    def _spurious_timeout(self, path: PathWindow, delay: float, now: float) -> None:
+        """A frame resent on timeout was answered to an earlier transmission: it was late,
+        not lost (a peer that was descheduled, as a CPU-capped one is for tens of ms).
+        Raise the path's RTO floor above that delay and take back the window cut."""
+        self.stats.spurious_timeouts += 1
+        path.late_answer(delay, now)
 
     def _finish_frame(self, frame: InFlight) -> None:
         """Forget an answered (or cancelled) frame: its tags and its window slot."""
@@ -772,6 +783,9 @@ class SessionCore:
             probes.extend((path, self._probe(path)) for path in self.paths)
             self._revive_step = min(self._revive_step * 2, REVIVE_MAX)
             self._revive_at = now + self._revive_step
+        for path in self.paths:
+            if path.rto_floor > path.min_rto:
+                path.relax_floor(now)
         late, next_check, oldest = self._overdue(now)
         if oldest != INF:
             silent = now - max(self.last_rx, oldest)

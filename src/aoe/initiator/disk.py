@@ -242,6 +242,14 @@ class AoeDisk:
             raise
         return True
 
+    def add_completion_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on the I/O thread after each round of ``on_done`` calls (a server
+        sends that round's replies together)."""
+        self._session.add_completion_hook(hook)
+
+    def remove_completion_hook(self, hook: Callable[[], None]) -> None:
+        self._session.remove_completion_hook(hook)
+
     def flush(self) -> None:
         """Ask the target to commit acknowledged writes to stable storage."""
         self._check_open()

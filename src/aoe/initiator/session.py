@@ -119,6 +119,8 @@ class Session:
         self._lock = threading.Lock()
         self._failure: InitiatorError | None = None
         self._closing = False
+        self._asleep = False  # the I/O thread is (about to be) in poll: submit must wake it
+        self._hooks: tuple[Callable[[], None], ...] = ()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(
             target=self._run, name=f"aoe-{self.shelf}.{self.slot}", daemon=True
@@ -181,7 +183,19 @@ class Session:
             if self._closing:
                 raise DiskClosedError(f"AoE session {self.address} is closed")
             self._incoming.append(req)
-            os.eventfd_write(self._wake, 1)
+            if self._asleep:  # one wake-up per sleep, however many requests come
+                self._asleep = False
+                os.eventfd_write(self._wake, 1)
+
+    def add_completion_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on the I/O thread after each round of completions (after the
+        requests' own ``on_done``), so that a server can send a round's replies at once."""
+        with self._lock:
+            self._hooks = (*self._hooks, hook)
+
+    def remove_completion_hook(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            self._hooks = tuple(h for h in self._hooks if h is not hook)
 
     def submit_read(self, lba: int, mv: memoryview,
                     on_done: Callable[[Request], None]) -> Request:
@@ -292,12 +306,13 @@ class Session:
                     pio.tx.flush()
             if core.completed:
                 self._release_completed()
-            wait = core.next_check
+            wait = self._bedtime(core.next_check)
             if wait == INF:
                 events = poller.poll()
             else:
                 ms = (wait - time.monotonic()) * 1000.0
                 events = poller.poll(ms if ms > 0.0 else 0)
+            self._asleep = False
             now = time.monotonic()
             for fd, _ev in events:
                 if fd == wake:
@@ -309,6 +324,15 @@ class Session:
                     self._receive(by_fd[fd], now)
             if now >= core.next_check:
                 self._on_timer(now)
+
+    def _bedtime(self, wait: float) -> float:
+        """When the loop may sleep until: ``wait``, or 0 when requests came meanwhile.
+        Otherwise submit() is told to wake the loop (one eventfd write per sleep)."""
+        with self._lock:
+            if self._incoming or self._closing:
+                return 0.0
+            self._asleep = True
+        return wait
 
     def _on_timer(self, now: float) -> None:
         """Let the core run its timers; send the probes it asks for; fail the I/O of a dead
@@ -350,8 +374,18 @@ class Session:
                 return total
 
     def _release_completed(self) -> None:
-        for req in self.core.take_completed():
+        done = self.core.take_completed()
+        for req in done:
             req.finish()
+        if done:
+            self._run_hooks()
+
+    def _run_hooks(self) -> None:
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:  # a server's bug must not end the session
+                log.exception("completion hook failed")
 
     def _fail_requests(self, exc: InitiatorError, end_session: bool = False) -> None:
         """Fail what is queued and in flight with ``exc``; the session lives on (a dead
@@ -372,6 +406,7 @@ class Session:
                 req.error = exc
                 req.finish()
         self._release_completed()  # finished before the failure: they keep their outcome
+        self._run_hooks()
 
     def _fail_everything(self, exc: InitiatorError) -> None:
         self._fail_requests(exc, end_session=True)

@@ -7,7 +7,10 @@ grows only while the RTT shows little queueing (see QUEUE_FACTOR), and it never 
 the buffer count the target announced, and the target MAC's budget is
 shared by every local port reaching it. The retransmit timeout follows the classic
 smoothed RTT plus four times the mean deviation, clamped, doubled on each timeout and
-reset by the next clean sample.
+reset by the next clean sample. Its floor adapts: a timeout found spurious (the earlier
+transmission was answered after all, as when the target was descheduled for longer than
+the RTO) lifts the floor above the delay seen, and the floor halves again after
+FLOOR_HOLD seconds without another.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ QUEUE_FACTOR = 4
 # its retransmission timer (measured: spurious resends, see docs/performance.md).
 MAX_WINDOW = 128
 QUEUE_ALLOWANCE = 0.002
+# A spurious timeout lifts the RTO floor to this many times the delay that fooled it ...
+FLOOR_MARGIN = 1.5
+# ... and the floor halves (down to min_rto) after this many seconds without another.
+FLOOR_HOLD = 5.0
 VERSION_FLAGS = 0x10  # AoE version 1, no flags
 
 
@@ -68,6 +75,8 @@ class PathWindow:
         "rto",
         "min_rto",
         "max_rto",
+        "rto_floor",
+        "floor_at",
         "last_rx",
         "last_probe_rx",
         "down",
@@ -121,6 +130,8 @@ class PathWindow:
         self.outstanding = 0
         self.min_rto = min_rto
         self.max_rto = max_rto
+        self.rto_floor = min_rto  # min_rto, or higher after spurious timeouts
+        self.floor_at = now
         self.srtt = max(rtt0, 1e-5)
         self.rttvar = self.srtt / 2
         self.rto = min(max_rto, max(min_rto, self.srtt + 4 * self.rttvar))
@@ -158,8 +169,8 @@ class PathWindow:
         self.srtt += err / 8
         self.rttvar += ((err if err >= 0 else -err) - self.rttvar) / 4
         rto = self.srtt + 4 * self.rttvar
-        if rto < self.min_rto:
-            rto = self.min_rto
+        if rto < self.rto_floor:
+            rto = self.rto_floor
         elif rto > self.max_rto:
             rto = self.max_rto
         self.rto = rto
@@ -183,6 +194,24 @@ class PathWindow:
         self.timeouts_in_row += 1
         self.on_loss()
         self.rto = min(self.max_rto, self.rto * 2)
+
+    def late_answer(self, delay: float, now: float) -> None:
+        """A timeout was spurious: an answer came ``delay`` s after the first
+        transmission. Keep the RTO above such delays for a while; undo the window cut."""
+        floor = min(self.max_rto, max(self.rto_floor, FLOOR_MARGIN * delay))
+        self.rto_floor = floor
+        self.floor_at = now
+        if self.rto < floor:
+            self.rto = floor
+        if self.undo_cwnd > self.cwnd:
+            self.cwnd, self.ssthresh = self.undo_cwnd, self.undo_ssthresh
+        self.undo_cwnd = 0.0
+
+    def relax_floor(self, now: float) -> None:
+        """Halve a raised RTO floor each FLOOR_HOLD s without another spurious timeout."""
+        if now - self.floor_at >= FLOOR_HOLD:
+            self.rto_floor = max(self.min_rto, self.rto_floor / 2)
+            self.floor_at = now
 
     def on_alive(self, now: float) -> None:
         """Any valid answer on this path: it works."""

@@ -112,7 +112,10 @@ class RawSocket:
         # Only ETH_P_ALL sockets are shown outgoing frames; a filter keeps the EtherType.
         proto = ETH_P_ALL if outgoing else ethertype
         try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+            # Protocol 0: nothing is received until bind() names the interface and the
+            # EtherType. (Created with a protocol, the socket would hear every interface
+            # until then, and bind() would wait ~7 ms for the kernel to unhook it.)
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError:
             raise InterfaceError(1, "raw sockets need root (CAP_NET_RAW)") from None
         self.sock = sock
