@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from aoe.initiator.core import BATCH, TX_HEAD, Request, SessionCore
+from aoe.initiator.core import (
+    BATCH,
+    NAP_FRAMES,
+    NAP_MAX,
+    NAP_MIN_OUTSTANDING,
+    TX_HEAD,
+    Request,
+    SessionCore,
+)
 from aoe.initiator.errors import MtuMismatchError, TargetDeadError, TargetReservedError
 from aoe.initiator.window import (
     FLOOR_HOLD,
@@ -524,3 +532,20 @@ def test_a_real_loss_does_not_lift_the_rto_floor() -> None:
     assert h.core.take_completed() == [req]
     assert h.core.stats.spurious_timeouts == 0
     assert h.paths[0].rto_floor == MIN_RTO
+
+
+def test_nap_lets_answers_gather_only_in_a_bulk_transfer_on_a_slow_wire() -> None:
+    """A wake-up that brought a few answers while many frames are in flight waits for
+    about NAP_FRAMES of them (answers come every srtt / outstanding s), within limits."""
+    h = Harness()
+    path = h.paths[0]
+    path.srtt = 0.010
+    path.outstanding = NAP_MIN_OUTSTANDING - 1
+    assert h.core.nap(2) == 0.0  # a few requests in flight: latency comes first
+    path.outstanding = 100  # a 100 Mbit/s wire: an answer every 100 us
+    assert h.core.nap(6) == pytest.approx((NAP_FRAMES - 6) * 0.010 / 100)
+    assert h.core.nap(NAP_FRAMES) == 0.0 and h.core.nap(0) == 0.0
+    path.srtt = 1.0  # never more than NAP_MAX ...
+    assert h.core.nap(1) == NAP_MAX
+    path.srtt, path.outstanding = 0.0008, 1000  # ... nor an eighth of the RTT
+    assert h.core.nap(1) <= 0.0001

@@ -24,7 +24,8 @@ def test_window_is_capped_and_copies_round_trip(lab: Lab, tmp_path: Path, mtu: i
     rig = make_rig(lab, "serve", tmp_path, mtu=mtu, size=16 << 20)
     disk = rig.open()
     try:
-        assert disk.info.buffer_count > MAX_WINDOW  # the target would allow far more
+        if mtu == 1500:  # the target would allow far more
+            assert disk.info.buffer_count > MAX_WINDOW
         payload = os.urandom(disk.size)
         # copy_to_disk keeps three 4 MiB writes in flight from reused buffers.
         copy_to_disk(disk, io.BytesIO(payload), chunk=1 << 20)
@@ -34,6 +35,6 @@ def test_window_is_capped_and_copies_round_trip(lab: Lab, tmp_path: Path, mtu: i
             copy_from_disk(disk, f, chunk=1 << 20)
         assert out.read_bytes() == payload
         [state] = disk.session.path_states()
-        assert 1 <= state["cwnd"] <= MAX_WINDOW
+        assert 1 <= state["cwnd"] <= min(MAX_WINDOW, disk.info.buffer_count)
     finally:
         disk.close()

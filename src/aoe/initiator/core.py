@@ -87,6 +87,14 @@ MIN_QUEUED_WINDOW = 8.0  # delay alone never shrinks the window below this
 PROBE_INTERVAL = 0.5
 REVIVE_FIRST = 0.25  # after a death, the first Query Config probe; doubled up to ...
 REVIVE_MAX = 4.0  # ... this many seconds between probes
+# Wake-up coalescing: when a wake-up brought fewer than NAP_FRAMES answers while at
+# least NAP_MIN_OUTSTANDING frames are in flight (a bulk transfer paced by a slow wire),
+# the I/O loop waits for about the rest of NAP_FRAMES to arrive before it works again:
+# measured at 100 Mbit/s, one wake-up per 2-5 frames spent the whole CPU quota of a
+# netbook on system calls. The wait never exceeds NAP_MAX nor an eighth of the RTT.
+NAP_FRAMES = 16
+NAP_MIN_OUTSTANDING = 64
+NAP_MAX = 0.002
 INF = float("inf")
 
 
@@ -268,6 +276,21 @@ class SessionCore:
             self.completed.append(req)
         else:
             self.pending.append(req)
+
+    def nap(self, received: int) -> float:
+        """Seconds the I/O loop should let answers accumulate after a wake-up that brought
+        ``received`` of them (0: go on at once)."""
+        if received >= NAP_FRAMES or received == 0:
+            return 0.0
+        best = 0.0
+        for path in self.paths:
+            out = path.outstanding
+            if out >= NAP_MIN_OUTSTANDING:
+                # By Little's law answers arrive every srtt / outstanding seconds.
+                wait = min((NAP_FRAMES - received) * path.srtt / out, path.srtt / 8)
+                if wait > best:
+                    best = wait
+        return best if best < NAP_MAX else NAP_MAX
 
     def take_completed(self) -> list[Request]:
         """The requests that ended since the last call (to be woken after a flush)."""

@@ -306,14 +306,9 @@ class Session:
                     pio.tx.flush()
             if core.completed:
                 self._release_completed()
-            wait = self._bedtime(core.next_check)
-            if wait == INF:
-                events = poller.poll()
-            else:
-                ms = (wait - time.monotonic()) * 1000.0
-                events = poller.poll(ms if ms > 0.0 else 0)
-            self._asleep = False
+            events = self._wait(poller, core.next_check)
             now = time.monotonic()
+            got = 0
             for fd, _ev in events:
                 if fd == wake:
                     try:
@@ -321,18 +316,35 @@ class Session:
                     except BlockingIOError:
                         pass
                 else:
-                    self._receive(by_fd[fd], now)
+                    got += self._receive(by_fd[fd], now)
             if now >= core.next_check:
                 self._on_timer(now)
+            elif got:
+                self._nap(got)
 
-    def _bedtime(self, wait: float) -> float:
-        """When the loop may sleep until: ``wait``, or 0 when requests came meanwhile.
-        Otherwise submit() is told to wake the loop (one eventfd write per sleep)."""
+    def _nap(self, received: int) -> None:
+        """After a wake-up that brought few answers of a bulk transfer, let more gather
+        (the core says how long): one wake-up for many on a slow wire."""
+        if not self._incoming:
+            nap = self.core.nap(received)
+            if nap:
+                time.sleep(nap)
+
+    def _wait(self, poller: select.poll, until: float) -> list[tuple[int, int]]:
+        """Poll until ``until`` (monotonic) for answers or new requests; not at all when
+        requests came meanwhile. While the loop sleeps, submit() wakes it, once."""
         with self._lock:
             if self._incoming or self._closing:
-                return 0.0
-            self._asleep = True
-        return wait
+                until = 0.0
+            else:
+                self._asleep = True
+        if until == INF:
+            events = poller.poll()
+        else:
+            ms = (until - time.monotonic()) * 1000.0
+            events = poller.poll(ms if ms > 0.0 else 0)
+        self._asleep = False
+        return events
 
     def _on_timer(self, now: float) -> None:
         """Let the core run its timers; send the probes it asks for; fail the I/O of a dead

@@ -30,11 +30,13 @@ MAX_SLACK = 1023
 # lowest + 2 ms): beyond that, more frames in flight only queue up at the target (or at a
 # shaper) and make the RTT, and so the retransmit timer, jittery, with no more throughput.
 QUEUE_FACTOR = 4
-# Frames in flight per path unless the caller says otherwise: 1.1 MB of jumbo frames, a
-# 10 GbE link's worth for 0.9 ms of round trip, and plenty to fill every batched system
-# call. More only waits in queues, where a stalled process lets the whole window outlive
-# its retransmission timer (measured: spurious resends, see docs/performance.md).
-MAX_WINDOW = 128
+# Frames in flight per path unless the caller says otherwise (the socket's receive buffer
+# may allow fewer). Deep enough to keep a gigabit wire busy while a CPU-capped initiator
+# is descheduled (a cgroup quota of 25 % stops it for up to 75 ms of each 100 ms; 128
+# frames covered 9 ms at MTU 9000 and capped `aoe copy` at 56-58 MB/s, 1,024 gave 69-79);
+# the delay check above keeps the window from filling queues when nothing stalls, and
+# the adaptive RTO floor keeps such stalls from causing resends.
+MAX_WINDOW = 1024
 QUEUE_ALLOWANCE = 0.002
 # A spurious timeout lifts the RTO floor to this many times the delay that fooled it ...
 FLOOR_MARGIN = 1.5
