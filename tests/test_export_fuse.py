@@ -299,3 +299,23 @@ def test_aoe_mount_errors(tmp_path: Path) -> None:
         assert done.returncode == code and words in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     assert not os.path.ismount(tmp_path)
+
+
+def test_libfuse_is_loaded_by_soname_without_a_library_search() -> None:
+    """mfusepy's own search for libfuse runs ldconfig in a subprocess (30 ms of every
+    mount's start); the export names the library by its soname instead."""
+    probe = (
+        "import ctypes.util, os\n"
+        "def no_search(name):\n"
+        "    raise AssertionError('find_library(%r) was called' % name)\n"
+        "ctypes.util.find_library = no_search\n"
+        "from aoe.export.fuse import _load_mfusepy\n"
+        "m = _load_mfusepy()\n"
+        "print(os.environ['FUSE_LIBRARY_PATH'], m._libfuse._name)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSE_LIBRARY")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    named, loaded = done.stdout.split()
+    assert named == loaded and named in ("libfuse.so.2", "libfuse3.so.3")

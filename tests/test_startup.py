@@ -67,3 +67,23 @@ def test_rtnetlink_reader_agrees_with_pyroute2(two_hosts_jumbo: TwoHosts) -> Non
             link.link_info("nosuch0")
     assert ours == theirs
     assert one.kind == "veth" and one.mtu == 9000 and one.operstate == "UP"
+
+
+def test_no_library_search_at_start() -> None:
+    """ctypes.util.find_library runs ldconfig in a subprocess: no module of the data path
+    calls it while it loads (the C library comes from the process's own symbols, libfuse
+    by its soname)."""
+    code = (
+        "import ctypes.util\n"
+        "def no_search(name):\n"
+        "    raise SystemExit('find_library(%r) was called' % name)\n"
+        "ctypes.util.find_library = no_search\n"
+        "from aoe.cli import main\n"
+        "for name in ('copy', 'serve', 'nbd', 'mount'):\n"
+        "    main.get_command(None, name)\n"
+        "import aoe.net.mmsg, aoe.export.readahead, aoe.export.fuse\n"
+        "aoe.export.fuse._load_mfusepy()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -15,14 +15,15 @@ Prefetched data is used only while fresh and never across a write of this mount.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+from ..libc import libc
+
+_libc = libc
 _libc.malloc.restype = ctypes.c_void_p
 _libc.malloc.argtypes = [ctypes.c_size_t]
 _libc.calloc.restype = ctypes.c_void_p

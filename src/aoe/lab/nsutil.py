@@ -8,10 +8,11 @@ test open raw sockets inside a lab host from the test process itself.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from ..libc import libc
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
@@ -21,7 +22,7 @@ MNT_DETACH = 2
 NETNS_RUN_DIR = "/run/netns"
 
 # Loaded once at import: calling into libc after fork() (preexec) must not dlopen.
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc
 
 
 class LabError(RuntimeError):

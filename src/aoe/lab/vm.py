@@ -15,8 +15,6 @@ print ``@@key=value`` lines; `VmResult.marks` collects them.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import itertools
 import os
@@ -33,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+from ..libc import libc
 
 if TYPE_CHECKING:
     from aoe.lab.host import Host
@@ -55,7 +55,7 @@ TUNSETPERSIST = 0x400454CB
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc
 
 
 class VmError(RuntimeError):
