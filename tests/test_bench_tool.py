@@ -96,10 +96,11 @@ def test_bench_quick_netbook_scenario(tmp_path: Path) -> None:
         ["--quick", "--scenarios", "netbook", "--mtus", "1500", "--size", "8M",
          "--netbook-links", "1gbit/1500", "--netbook-caps", "25",
          "--netbook-ways", "copy-to-file,tar-nc,c-pair", "--netbook-size", "4M",
-         "--no-write-docs", "--json", str(out_json)], 240)
+         "--netbook-period", "20", "--no-write-docs", "--json", str(out_json)], 240)
     assert proc.returncode == 0, stderr
     [table] = json.loads(out_json.read_text())["tables"]
     assert table["key"] == "netbook"
+    assert any("CFS period 20 ms" in note for note in table["notes"])
     rows = {row[3]: row for row in table["rows"]}
     assert set(rows) == {"aoe serve + aoe copy to a file", "tar \\| nc",
                          "C responder + C reader (floor)"}
@@ -128,8 +129,13 @@ def test_cpu_cap_joins_before_the_namespace_and_caps() -> None:
         pytest.skip(str(available()))
     from aoe.lab import Lab
 
-    with Lab() as lab, CpuCap(f"pyaoe-perf-bench-{os.getpid()}-test", 25) as cap:
+    with Lab() as lab, CpuCap(f"pyaoe-perf-bench-{os.getpid()}-test", 25,
+                              period_us=10_000) as cap:
         host = lab.host("h")
+        cpu_dir = cap.dirs[0]
+        period = ((cpu_dir / "cpu.max").read_text().split()[1] if cap.version == 2
+                  else (cpu_dir / "cpu.cfs_period_us").read_text().strip())
+        assert period == "10000"  # --netbook-period 10
         out = cap.run(host, ["sh", "-c", "cat /proc/self/cgroup; readlink /proc/self/ns/net"])
         lines = out.stdout.split()
         assert any(line.endswith(f"/{cap.name}") for line in lines)

@@ -418,7 +418,9 @@ def netbook_table(res: Results, opts: Options) -> Table:
             _goals(t, res, rate, mtu, cap, limit, tcp_m)
     t.notes.append(
         f"Each host's processes in a cgroup of its own capped at the given share of one core "
-        f"(100 % = uncapped), the veth shaped with tbf. {res.big // MiB} MiB file or disk "
+        f"(100 % = uncapped; CFS period {opts.netbook_period_ms:g} ms, so a capped host runs "
+        f"at most {opts.netbook_period_ms * 0.25:g} ms of every {opts.netbook_period_ms:g} at "
+        f"25 %), the veth shaped with tbf. {res.big // MiB} MiB file or disk "
         f"range per way, the tree {TREE_FILES} files of {res.tree // TREE_FILES // 1024} KiB; "
         "all in tmpfs. Servers are started before the clock starts; the client commands are "
         "timed as typed, start-up included. Start-up alone: the same commands moving 4 KiB "
