@@ -16,6 +16,7 @@ from aoe.initiator.core import (
     BATCH,
     NAP_FRAMES,
     NAP_MAX,
+    NAP_MIN,
     NAP_MIN_OUTSTANDING,
     TX_HEAD,
     Request,
@@ -547,5 +548,7 @@ def test_nap_lets_answers_gather_only_in_a_bulk_transfer_on_a_slow_wire() -> Non
     assert h.core.nap(NAP_FRAMES) == 0.0 and h.core.nap(0) == 0.0
     path.srtt = 1.0  # never more than NAP_MAX ...
     assert h.core.nap(1) == NAP_MAX
-    path.srtt, path.outstanding = 0.0008, 1000  # ... nor an eighth of the RTT
-    assert h.core.nap(1) <= 0.0001
+    path.srtt, path.outstanding = 0.004, 64  # ... nor an eighth of the RTT
+    assert h.core.nap(1) == pytest.approx(0.004 / 8)
+    path.srtt, path.outstanding = 0.0008, 1000  # a fast wire: too short a nap to take
+    assert h.core.nap(1) == 0.0 and NAP_MIN > 15 * 0.0008 / 1000
