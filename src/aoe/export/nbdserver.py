@@ -389,6 +389,11 @@ class Connection:
         if not count:
             return
         parts, self._outbox, self._outbox_count = self._outbox, [], 0
+        self._send_replies(parts, count)
+
+    def _send_replies(self, parts: list[Reply], count: int) -> None:
+        """Send ``count`` replies made of ``parts`` without waiting (their buffers are
+        their own) and count them answered, whatever the client did meanwhile."""
         try:
             self._send(*parts, wait=False)
         except OSError as err:  # the client went away: wake the reader
@@ -426,14 +431,7 @@ class Connection:
                 self._outbox += reply  # sent, and counted, by _send_outbox
                 self._outbox_count += 1
                 return
-            try:
-                # The buffer is this request's own: no need to wait until it has left.
-                self._send(*reply, wait=False)
-            except OSError as err:  # the client went away: wake the reader
-                log.debug("reply failed: %s", err)
-                _shutdown(self.sock)
-            finally:
-                self._answered(1)
+            self._send_replies(reply, 1)
 
         reader = threading.current_thread()  # a refusal is answered here, not batched
         try:
