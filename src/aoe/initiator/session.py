@@ -386,13 +386,9 @@ class Session:
                 return total
 
     def _release_completed(self) -> None:
-        done = self.core.take_completed()
-        for req in done:
+        """Finish what completed, then run the completion hooks once for the round."""
+        for req in self.core.take_completed():
             req.finish()
-        if done:
-            self._run_hooks()
-
-    def _run_hooks(self) -> None:
         for hook in self._hooks:
             try:
                 hook()
@@ -418,7 +414,6 @@ class Session:
                 req.error = exc
                 req.finish()
         self._release_completed()  # finished before the failure: they keep their outcome
-        self._run_hooks()
 
     def _fail_everything(self, exc: InitiatorError) -> None:
         self._fail_requests(exc, end_session=True)
