@@ -812,8 +812,7 @@ class SessionCore:
             self._revive_step = min(self._revive_step * 2, REVIVE_MAX)
             self._revive_at = now + self._revive_step
         for path in self.paths:
-            if path.rto_floor > path.min_rto:
-                path.relax_floor(now)
+            path.relax_floor(now)
         late, next_check, oldest = self._overdue(now)
         if oldest != INF:
             silent = now - max(self.last_rx, oldest)

@@ -186,6 +186,10 @@ class PathWindow:
     def reordered(self) -> None:
         """A presumed loss was reordering: widen the slack, undo the last cut once."""
         self.slack = min(MAX_SLACK, 2 * self.slack + 1)
+        self._undo_cut()
+
+    def _undo_cut(self) -> None:
+        """Take back the last window cut, once: it answered a false alarm."""
         if self.undo_cwnd > self.cwnd:
             self.cwnd, self.ssthresh = self.undo_cwnd, self.undo_ssthresh
         self.undo_cwnd = 0.0
@@ -205,13 +209,11 @@ class PathWindow:
         self.floor_at = now
         if self.rto < floor:
             self.rto = floor
-        if self.undo_cwnd > self.cwnd:
-            self.cwnd, self.ssthresh = self.undo_cwnd, self.undo_ssthresh
-        self.undo_cwnd = 0.0
+        self._undo_cut()
 
     def relax_floor(self, now: float) -> None:
         """Halve a raised RTO floor each FLOOR_HOLD s without another spurious timeout."""
-        if now - self.floor_at >= FLOOR_HOLD:
+        if self.rto_floor > self.min_rto and now - self.floor_at >= FLOOR_HOLD:
             self.rto_floor = max(self.min_rto, self.rto_floor / 2)
             self.floor_at = now
 
