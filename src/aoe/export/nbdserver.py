@@ -180,7 +180,7 @@ class Connection:
         # round of completions (when the device offers such a hook): one sendmsg for many.
         self._outbox: list[Reply] = []
         self._outbox_count = 0
-        self._hooked = False
+        self._unhook: Callable[[Callable[[], None]], None] | None = None  # set while hooked
 
     # -- I/O helpers -----------------------------------------------------------------
 
@@ -354,7 +354,7 @@ class Connection:
         remove_hook = getattr(self._dev, "remove_completion_hook", None)
         if add_hook is not None and remove_hook is not None:
             add_hook(self._send_outbox)
-            self._hooked = True
+            self._unhook = remove_hook
         try:
             while True:
                 req = p.parse_request(self._recv(p.REQUEST_LEN))
@@ -378,8 +378,9 @@ class Connection:
                 while self._pending:
                     self._waiting = True
                     self._idle.wait()
-            if self._hooked and remove_hook is not None:
-                remove_hook(self._send_outbox)
+            if self._unhook is not None:
+                self._unhook(self._send_outbox)
+                self._unhook = None
             if pool is not self._pool:
                 pool.close()
 
@@ -427,7 +428,7 @@ class Connection:
                             req.offset, req.length, exc)
                 error = p.error_from_exception(exc)
             reply = self._reply_parts(req, error, data if kind == p.CMD_READ else b"")
-            if self._hooked and threading.current_thread() is not reader:
+            if self._unhook is not None and threading.current_thread() is not reader:
                 self._outbox += reply  # sent, and counted, by _send_outbox
                 self._outbox_count += 1
                 return
