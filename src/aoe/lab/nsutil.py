@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..libc import libc
+from ..libc import libc as _libc  # loaded at import: no dlopen after fork() (preexec)
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
@@ -20,9 +20,6 @@ MS_REC = 16384
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 NETNS_RUN_DIR = "/run/netns"
-
-# Loaded once at import: calling into libc after fork() (preexec) must not dlopen.
-_libc = libc
 
 
 class LabError(RuntimeError):

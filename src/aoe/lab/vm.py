@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..libc import libc
+from ..libc import libc as _libc
 
 if TYPE_CHECKING:
     from aoe.lab.host import Host
@@ -55,7 +55,6 @@ TUNSETPERSIST = 0x400454CB
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 PR_SET_PDEATHSIG = 1
-_libc = libc
 
 
 class VmError(RuntimeError):

@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from ..libc import libc
+from ..libc import libc as _libc
 
 MSG_DONTWAIT = 0x40
 MSG_WAITFORONE = 0x10000
@@ -33,7 +33,6 @@ _MSG_IOVLEN = 24
 _MSG_FLAGS = 48
 _MSG_LEN = 56
 
-_libc = libc
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
 _recvmmsg.restype = ctypes.c_int
