@@ -12,15 +12,18 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aoe.export import nbdproto as p
 from aoe.export.fuse import mounted
 from aoe.export.nbdserver import NbdServer
+from aoe.initiator import AoeDisk
 from aoe.lab import Lab
 
 from .support.export import CountFlushes, RawNbd, random_image, run, sha256, umount_quietly
@@ -64,10 +67,31 @@ def test_ext4_through_fuse_over_aoe(rig: Rig, tmp_path: Path) -> None:
     check_files(rig.image, mnt, sums)
 
 
+class SubmitThreads:
+    """An AoE disk that notes which threads hand it requests without waiting."""
+
+    def __init__(self, disk: AoeDisk) -> None:
+        self.disk = disk
+        self.names: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.disk, name)
+
+    def submit_read(self, *args: Any) -> bool:
+        self.names.add(threading.current_thread().name)
+        return self.disk.submit_read(*args)
+
+    def submit_write(self, *args: Any) -> bool:
+        self.names.add(threading.current_thread().name)
+        return self.disk.submit_write(*args)
+
+
 def test_nbdcopy_over_aoe_bit_identical(rig: Rig, tmp_path: Path) -> None:
-    disk = rig.open()
+    """Four connections at once, each read on the AoE session's own I/O thread."""
+    disk = SubmitThreads(rig.open())
     try:
-        with NbdServer(disk, socket_path=tmp_path / "aoe.sock", name="e5.2") as srv:
+        with NbdServer(disk, socket_path=tmp_path / "aoe.sock",  # type: ignore[arg-type]
+                       name="e5.2") as srv:
             srv.start()
             out = tmp_path / "out.img"
             run(["nbdcopy", "--connections=4", srv.uri, str(out)], timeout=120)
@@ -78,6 +102,7 @@ def test_nbdcopy_over_aoe_bit_identical(rig: Rig, tmp_path: Path) -> None:
     finally:
         disk.close()
     assert sha256(rig.image) == sha256(src)
+    assert disk.names == {f"aoe-{SHELF}.{SLOT}"}  # the session's I/O thread, only
 
 
 def test_aoe_mount_and_aoe_nbd_commands(serve_rig: Rig, tmp_path: Path) -> None:

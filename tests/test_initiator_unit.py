@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import threading
 import time
 from pathlib import Path
@@ -171,3 +172,23 @@ def test_macs_are_bytes_inside_and_text_only_in_the_dict_form() -> None:
     window = PathWindow(0, _Port(), info.paths[0].target_mac, 1, 2, MacBudget(16), 17, 0.001,
                         0.005, 0.5)
     assert window.describe() == "eth0->02:aa:bb:cc:dd:ee"
+
+
+def test_range_lock_agrees_with_a_scan_of_every_held_range() -> None:
+    """The bisection finds every overlap a scan of all held ranges finds, and no other,
+    as ranges are taken and given back in any order (empty ranges included)."""
+    rng = random.Random(12)
+    lock = _RangeLock()
+    held: list[tuple[int, int]] = []
+    for _ in range(5000):
+        if held and rng.random() < 0.4:
+            span = held.pop(rng.randrange(len(held)))
+            lock.give_back(span)
+            continue
+        start = rng.randrange(200)
+        end = start + rng.choice((0, 1, 2, 8, 30))
+        free = not any(s < max(end, start + 1) and start < max(e, s + 1) for s, e in held)
+        got = lock.try_take(start, end)
+        assert (got is not None) == free, (start, end, sorted(held))
+        if got is not None:
+            held.append(got)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # -- handshake -------------------------------------------------------------------------
 NBDMAGIC = 0x4E42444D41474943  # "NBDMAGIC"
@@ -174,9 +175,8 @@ def parse_info_request(data: bytes) -> InfoRequest:
     return InfoRequest(name, tuple(requests))
 
 
-@dataclass(frozen=True)
-class Request:
-    """One transmission-phase request header."""
+class Request(NamedTuple):
+    """One transmission-phase request header (a tuple: built once per request, cheaply)."""
 
     flags: int
     command: int
@@ -185,7 +185,7 @@ class Request:
     length: int
 
 
-def parse_request(data: bytes) -> Request:
+def parse_request(data: bytes | bytearray | memoryview) -> Request:
     magic, flags, command, cookie, offset, length = _REQUEST.unpack(data)
     if magic != REQUEST_MAGIC:
         raise ProtocolError(f"bad request magic {magic:#x}")

@@ -20,10 +20,11 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from aoe.export import nbdproto as p
 from aoe.export.blockdev import BlockDevice
+from aoe.export.nbdinput import Inbox, Payload
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class WorkQueue:
     stops reading its replies only ever blocks its own workers.)"""
 
     def __init__(self, workers: int = DEFAULT_WORKERS) -> None:
-        self._items: deque[tuple[Connection, p.Request, bytes]] = deque()
+        self._items: deque[tuple[Connection, p.Request, Payload]] = deque()
         self._ready = threading.Condition()
         self._closing = False
         self._threads = [threading.Thread(target=self._work, name="nbd-worker", daemon=True)
@@ -108,7 +109,7 @@ class WorkQueue:
         for t in self._threads:
             t.start()
 
-    def put(self, conn: Connection, req: p.Request, payload: bytes) -> None:
+    def put(self, conn: Connection, req: p.Request, payload: Payload) -> None:
         with self._ready:
             self._items.append((conn, req, payload))
             self._ready.notify()
@@ -131,7 +132,7 @@ class WorkQueue:
                 conn, batch = self._take()
             conn.serve_batch(batch)
 
-    def _take(self) -> tuple[Connection, list[tuple[p.Request, bytes]]]:
+    def _take(self) -> tuple[Connection, list[tuple[p.Request, Payload]]]:
         """The oldest request and its continuation (called with the lock held)."""
         conn, first, payload = self._items.popleft()
         batch = [(first, payload)]
@@ -163,7 +164,7 @@ class Connection:
         self.export = export
         self.handshake = handshake
         self.structured = False
-        self._rfile = cast(BinaryIO, sock.makefile("rb", buffering=256 << 10))
+        self._inbox = Inbox(sock, MAX_PAYLOAD)
         self._send_lock = threading.Condition()
         self._spill: deque[list[memoryview]] = deque()  # replies the socket did not take
         self._sender: threading.Thread | None = None
@@ -181,14 +182,19 @@ class Connection:
         self._outbox: list[Reply] = []
         self._outbox_count = 0
         self._unhook: Callable[[Callable[[], None]], None] | None = None  # set while hooked
+        # Requests read on the device's I/O thread (see _read_on_device_thread).
+        self._queue: WorkQueue | None = None
+        self._paused = False  # too many requests unanswered: the I/O thread stopped reading
+        self._ended = threading.Event()  # it stopped for good: the client is done, or...
+        self._device_ended = False  # ...the device's session ended: this thread reads on
+        self._end_error: BaseException | None = None  # why the client is done, if it failed
+        self._watch: Callable[[int, Callable[[], None], Callable[[], None]], None] = _no_watch
+        self._unwatch: Callable[[int], None] = _no_unwatch
 
     # -- I/O helpers -----------------------------------------------------------------
 
     def _recv(self, n: int) -> bytes:
-        data = self._rfile.read(n)
-        if data is None or len(data) != n:
-            raise EOFError("client closed the connection")
-        return data
+        return self._inbox.read_exact(n)
 
     def _send(self, *parts: Reply, wait: bool = True) -> None:
         """Send one reply whole. Without ``wait`` the caller never blocks: what the socket
@@ -271,7 +277,6 @@ class Connection:
         finally:
             self._flush_replies()
             _shutdown(self.sock)
-            self._rfile.close()
             self.sock.close()
 
     def _negotiate(self) -> bool:
@@ -345,27 +350,27 @@ class Connection:
     # -- transmission ----------------------------------------------------------------
 
     def _transmit(self) -> None:
-        """Read requests here. Plain aligned reads and writes go straight to a device that
-        completes them itself (an AoE disk answers from its session's I/O thread); the
-        work queue's threads execute the rest (merging runs of contiguous reads or writes
-        into one device call) and send the replies."""
-        pool = self._pool or WorkQueue(self._workers)
+        """Serve requests until DISC or EOF. Plain aligned reads and writes go straight to
+        a device that completes them itself (an AoE disk answers from its session's I/O
+        thread, which then also reads the requests); the work queue's threads execute the
+        rest (merging runs of contiguous reads or writes into one device call) and send
+        the replies."""
+        pool = self._queue = self._pool or WorkQueue(self._workers)
         add_hook = getattr(self._dev, "add_completion_hook", None)
         remove_hook = getattr(self._dev, "remove_completion_hook", None)
         if add_hook is not None and remove_hook is not None:
             add_hook(self._send_outbox)
             self._unhook = remove_hook
         try:
-            while True:
-                req = p.parse_request(self._recv(p.REQUEST_LEN))
+            if self._read_on_device_thread():
+                return
+            while True:  # this thread reads
+                got = self._inbox.next_request(True)
+                assert got is not None  # waits for a whole request
+                req, payload = got
                 if req.command == p.CMD_DISC:
                     log.debug("client disconnected (DISC)")
                     return
-                payload = b""
-                if req.command == p.CMD_WRITE:
-                    if req.length > MAX_PAYLOAD:
-                        raise p.ProtocolError(f"write of {req.length} bytes")
-                    payload = self._recv(req.length)  # read(n) fills one new bytes object
                 with self._idle:
                     while self._pending >= MAX_QUEUED:
                         self._waiting = True
@@ -383,6 +388,76 @@ class Connection:
                 self._unhook = None
             if pool is not self._pool:
                 pool.close()
+
+    def _read_on_device_thread(self) -> bool:
+        """Let the AoE session's I/O thread read this client's requests as they arrive,
+        so that a request passes no thread on its way to the wire and back; wait here
+        until the client is done (True, or its error raised). False when the device
+        cannot, or when its session ended first: this thread then reads on."""
+        watch = getattr(self._dev, "watch", None)
+        unwatch = getattr(self._dev, "unwatch", None)
+        if watch is None or unwatch is None or self._unhook is None:
+            return False
+        self._watch, self._unwatch = watch, unwatch
+        try:
+            self._watch_socket()
+        except Exception:  # noqa: BLE001 - the session is closed: read here, answer errors
+            return False
+        self._ended.wait()
+        if self._end_error is not None:
+            raise self._end_error
+        return not self._device_ended
+
+    def _on_readable(self) -> None:
+        """Take every whole request that has arrived (on the device's I/O thread, never
+        waiting): hand each on, or stop reading while MAX_QUEUED are unanswered."""
+        inbox, idle, queue = self._inbox, self._idle, self._queue
+        assert queue is not None
+        try:
+            while True:
+                with idle:
+                    if self._pending >= MAX_QUEUED:
+                        self._paused = True  # _answered watches again
+                        self._unwatch(self.sock.fileno())
+                        break
+                got = inbox.next_request(False)
+                if got is None:
+                    break
+                req, payload = got
+                if req.command == p.CMD_DISC:
+                    log.debug("client disconnected (DISC)")
+                    self._stop_reading(None)
+                    break
+                with idle:
+                    self._pending += 1
+                if not self._submit(req, payload):
+                    queue.put(self, req, payload)
+        except (EOFError, OSError, p.ProtocolError) as exc:
+            self._stop_reading(exc)
+        self._send_outbox()  # replies to requests refused at once
+
+    def _stop_reading(self, error: BaseException | None) -> None:
+        """The client is done (DISC, EOF, garbage): wake the connection's thread."""
+        self._unwatch(self.sock.fileno())
+        self._end_error = error
+        self._ended.set()
+
+    def _on_device_end(self) -> None:
+        """The device's session ended while reading for us: our thread takes over."""
+        self._device_ended = True
+        self._ended.set()
+
+    def _read_again(self) -> None:
+        """Requests were answered since reading paused: the I/O thread reads on (with
+        _idle held)."""
+        self._paused = False
+        try:
+            self._watch_socket()
+        except Exception:  # noqa: BLE001 - the session ended meanwhile
+            self._on_device_end()
+
+    def _watch_socket(self) -> None:
+        self._watch(self.sock.fileno(), self._on_readable, self._on_device_end)
 
     def _send_outbox(self) -> None:
         """Send the replies of one round of device completions at once (I/O thread)."""
@@ -403,7 +478,7 @@ class Connection:
         finally:
             self._answered(count)
 
-    def _submit(self, req: p.Request, payload: bytes) -> bool:
+    def _submit(self, req: p.Request, payload: Payload) -> bool:
         """Hand a plain aligned read or write straight to a device that completes requests
         on its own thread (an AoE disk): no worker waits, and the reply is sent from the
         completion. False leaves the request to the workers."""
@@ -428,22 +503,25 @@ class Connection:
                             req.offset, req.length, exc)
                 error = p.error_from_exception(exc)
             reply = self._reply_parts(req, error, data if kind == p.CMD_READ else b"")
-            if self._unhook is not None and threading.current_thread() is not reader:
+            if self._unhook is not None and not refused:
                 self._outbox += reply  # sent, and counted, by _send_outbox
                 self._outbox_count += 1
                 return
             self._send_replies(reply, 1)
 
-        reader = threading.current_thread()  # a refusal is answered here, not batched
+        refused = False  # a refusal is answered at once, not with a round's replies
         try:
             return bool(submit(req.offset, data, done))
         except Exception as exc:  # refused at once (closed, dead, read-only): answer it
+            refused = True
             done(exc)
             return True
 
     def _answered(self, count: int) -> None:
         with self._idle:
             self._pending -= count
+            if self._paused and self._pending < MAX_QUEUED:
+                self._read_again()
             if self._waiting:  # only then is a wake-up worth its cost
                 self._waiting = False
                 self._idle.notify_all()
@@ -452,7 +530,7 @@ class Connection:
         """Requests of this connection taken in and not yet answered."""
         return self._pending
 
-    def serve_batch(self, batch: list[tuple[p.Request, bytes]]) -> None:
+    def serve_batch(self, batch: list[tuple[p.Request, Payload]]) -> None:
         """Execute and answer one request, or a run that continues on the disk."""
         try:
             if len(batch) == 1:
@@ -476,7 +554,7 @@ class Connection:
             return None if self.export.read_only else p.CMD_WRITE
         return None
 
-    def _serve_merged(self, batch: list[tuple[p.Request, bytes]]) -> None:
+    def _serve_merged(self, batch: list[tuple[p.Request, Payload]]) -> None:
         """One device call for a run of contiguous requests, then one reply each."""
         first = batch[0][0]
         total = sum(req.length for req, _ in batch)
@@ -500,7 +578,7 @@ class Connection:
             parts += self._reply_parts(req, error, view[at : at + req.length] if data else b"")
         self._send(*parts)
 
-    def _serve(self, req: p.Request, payload: bytes) -> None:
+    def _serve(self, req: p.Request, payload: Payload) -> None:
         error = 0
         data: Reply = b""
         try:
@@ -542,7 +620,7 @@ class Connection:
         readinto(offset, view)
         return view
 
-    def _execute(self, req: p.Request, payload: bytes) -> Reply:
+    def _execute(self, req: p.Request, payload: Payload) -> Reply:
         allowed = p.CMD_FLAG_FUA
         if req.command == p.CMD_WRITE_ZEROES:
             allowed |= p.CMD_FLAG_NO_HOLE
@@ -569,7 +647,7 @@ class Connection:
             return b""
         raise NbdError(p.EINVAL, f"command {req.command} is not supported")
 
-    def _write(self, req: p.Request, payload: bytes, inside: bool) -> None:
+    def _write(self, req: p.Request, payload: Payload, inside: bool) -> None:
         """WRITE or WRITE_ZEROES, flushed before the reply when the client asked (FUA)."""
         if self.export.read_only:
             raise NbdError(p.EPERM, "the export is read-only")
@@ -728,6 +806,14 @@ class NbdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _no_watch(_fd: int, _ready: Callable[[], None], _end: Callable[[], None]) -> None:
+    raise OSError("this device reads no client for us")
+
+
+def _no_unwatch(_fd: int) -> None:
+    pass
 
 
 def _send_some(sock: socket.socket, views: list[memoryview], flags: int) -> list[memoryview]:

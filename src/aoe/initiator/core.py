@@ -78,6 +78,7 @@ RX_HEADER = fp.AOE_AFTER_MACS
 TAG_LE = fp.TAG_LE
 ERR_STATUS = int(AtaStatus.ERR | AtaStatus.DF)
 EXTENDED = int(AtaFlag.EXTENDED)
+WRITE = int(AtaFlag.WRITE)  # plain ints: enum arithmetic costs a call per request
 BATCH = 64  # header slots per outbox (frames per sendmmsg)
 TX_HEAD = 64  # bytes per header slot in an outbox
 RUN_FRAMES = 16  # frames of one request sent in a row before the next request's turn
@@ -133,7 +134,7 @@ class Request:
     ) -> None:
         self.cmd = int(cmd)
         self.aflags = aflags = int(aflags)
-        self.is_write = bool(aflags & AtaFlag.WRITE)
+        self.is_write = bool(aflags & WRITE)
         self.lba_bits = 0 if aflags & EXTENDED else 0xE0000000  # LBA28: LBA mode bits
         self.mv = mv
         self.lba = lba

@@ -10,6 +10,7 @@ Any number of threads may call at once; their requests share one window per path
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -30,19 +31,28 @@ def _aligned(offset: int, length: int) -> bool:
 
 
 class _RangeLock:
-    """Exclusive locks on sector ranges; disjoint ranges never wait for each other."""
+    """Exclusive locks on sector ranges; disjoint ranges never wait for each other.
+
+    Held ranges never overlap one another, so sorted by start their ends rise too: a
+    range is free when the held range starting last before its end ends before its
+    start (one bisection, not a scan of everything held: every write takes a range)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._held: list[tuple[int, int]] = []
+        self._starts: list[int] = []  # held ranges' first sectors, sorted
+        self._ends: dict[int, int] = {}  # first sector -> one past the last
+        self._waiters = 0  # threads waiting in hold(): only then is a wake-up needed
 
     @contextmanager
     def hold(self, start: int, end: int) -> Iterator[None]:
-        span = (start, end)
         with self._cond:
             while not self._free(start, end):
-                self._cond.wait()
-            self._held.append(span)
+                self._waiters += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiters -= 1
+            span = self._take(start, end)
         try:
             yield
         finally:
@@ -53,17 +63,25 @@ class _RangeLock:
         with self._cond:
             if not self._free(start, end):
                 return None
-            span = (start, end)
-            self._held.append(span)
-            return span
+            return self._take(start, end)
 
     def _free(self, start: int, end: int) -> bool:
-        return not any(s < end and start < e for s, e in self._held)
+        end = max(end, start + 1)  # an empty range still owns its place
+        i = bisect_left(self._starts, end)
+        return i == 0 or self._ends[self._starts[i - 1]] <= start
+
+    def _take(self, start: int, end: int) -> tuple[int, int]:
+        insort(self._starts, start)
+        self._ends[start] = max(end, start + 1)
+        return (start, end)
 
     def give_back(self, span: tuple[int, int]) -> None:
         with self._cond:
-            self._held.remove(span)
-            self._cond.notify_all()
+            start = span[0]
+            del self._ends[start]
+            del self._starts[bisect_left(self._starts, start)]
+            if self._waiters:
+                self._cond.notify_all()
 
 
 class AoeDisk:
@@ -249,6 +267,15 @@ class AoeDisk:
 
     def remove_completion_hook(self, hook: Callable[[], None]) -> None:
         self._session.remove_completion_hook(hook)
+
+    def watch(self, fd: int, on_ready: Callable[[], None],
+              on_end: Callable[[], None]) -> None:
+        """Have the session's I/O thread call ``on_ready`` when ``fd`` is readable (a
+        server reading its client there; see :meth:`Session.watch`)."""
+        self._session.watch(fd, on_ready, on_end)
+
+    def unwatch(self, fd: int) -> None:
+        self._session.unwatch(fd)
 
     def flush(self) -> None:
         """Ask the target to commit acknowledged writes to stable storage."""

@@ -38,6 +38,13 @@ log = logging.getLogger("aoe.initiator")
 __all__ = ["Request", "Session", "SessionStats"]
 
 
+# (command, aflags) of each transfer, as plain ints: built once, not per request.
+_READ48 = (int(AtaOpcode.READ_SECTORS_EXT), int(AtaFlag.EXTENDED))
+_READ28 = (int(AtaOpcode.READ_SECTORS), 0)
+_WRITE48 = (int(AtaOpcode.WRITE_SECTORS_EXT), int(AtaFlag.EXTENDED | AtaFlag.WRITE))
+_WRITE28 = (int(AtaOpcode.WRITE_SECTORS), int(AtaFlag.WRITE))
+
+
 def _check_sectors(mv: memoryview) -> None:
     if len(mv) % SECTOR_SIZE:
         raise ValueError(f"a buffer of {len(mv)} bytes is not whole 512-byte sectors")
@@ -121,6 +128,12 @@ class Session:
         self._closing = False
         self._asleep = False  # the I/O thread is (about to be) in poll: submit must wake it
         self._hooks: tuple[Callable[[], None], ...] = ()
+        # Other file descriptors the I/O thread serves (a server's client socket), with
+        # the call run when one is readable and the one run if the session ends first.
+        self._watched: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
+        self._kick: list[int] = []  # watched fds to serve once without waiting for poll
+        self._watch_changed = False
+        self._polled: set[int] = set()  # the watched fds the I/O thread's poller has
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(
             target=self._run, name=f"aoe-{self.shelf}.{self.slot}", daemon=True
@@ -197,6 +210,30 @@ class Session:
         with self._lock:
             self._hooks = tuple(h for h in self._hooks if h is not hook)
 
+    def watch(self, fd: int, on_ready: Callable[[], None],
+              on_end: Callable[[], None]) -> None:
+        """Serve ``fd`` on the I/O thread: ``on_ready`` runs there once soon and then
+        whenever ``fd`` is readable, until :meth:`unwatch`, so that a server can read its
+        client's requests on the thread that moves them, with no hand-over between
+        threads. ``on_ready`` must not block; what it submits goes out in the same round.
+        ``on_end`` runs instead if the session stops while ``fd`` is watched."""
+        with self._lock:
+            if self._closing or self._failure is not None:
+                raise self._failure or DiskClosedError(f"AoE session {self.address} is closed")
+            self._watched[fd] = (on_ready, on_end)
+            self._kick.append(fd)
+            self._watch_changed = True
+            if self._asleep:
+                self._asleep = False
+                os.eventfd_write(self._wake, 1)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop serving ``fd`` (from any thread; from the I/O thread it takes effect at
+        once, so a callback may unwatch its own fd and then close it)."""
+        with self._lock:
+            if self._watched.pop(fd, None) is not None:
+                self._watch_changed = True
+
     def submit_read(self, lba: int, mv: memoryview,
                     on_done: Callable[[Request], None]) -> Request:
         """Start reading ``len(mv) // 512`` sectors from ``lba``; ``on_done`` reports."""
@@ -220,14 +257,10 @@ class Session:
         return Request(*op, lba, len(mv) // SECTOR_SIZE, mv, on_done)
 
     def _read_op(self) -> tuple[int, int]:
-        if self.lba48:
-            return AtaOpcode.READ_SECTORS_EXT, AtaFlag.EXTENDED
-        return AtaOpcode.READ_SECTORS, 0
+        return _READ48 if self.lba48 else _READ28
 
     def _write_op(self) -> tuple[int, int]:
-        if self.lba48:
-            return AtaOpcode.WRITE_SECTORS_EXT, AtaFlag.EXTENDED | AtaFlag.WRITE
-        return AtaOpcode.WRITE_SECTORS, AtaFlag.WRITE
+        return _WRITE48 if self.lba48 else _WRITE28
 
     def read_into(self, lba: int, mv: memoryview) -> None:
         """Read ``len(mv) // 512`` sectors from ``lba`` into ``mv``."""
@@ -280,6 +313,13 @@ class Session:
             log.error("AoE session %s failed", self.address, exc_info=True)
             reason = InitiatorError(f"AoE session {self.address} failed: {exc!r}")
         self._fail_everything(reason)
+        with self._lock:
+            ended, self._watched = list(self._watched.values()), {}
+        for _, on_end in ended:
+            try:
+                on_end()
+            except Exception:
+                log.exception("watcher's end call failed")
 
     def _loop(self) -> None:
         poller = select.poll()
@@ -287,7 +327,6 @@ class Session:
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         poller.register(self._wake, select.POLLIN)
-        wake = self._wake
         incoming = self._incoming
         ios = self._io
         core = self.core
@@ -308,19 +347,67 @@ class Session:
                 self._release_completed()
             events = self._wait(poller, core.next_check)
             now = time.monotonic()
-            got = 0
-            for fd, _ev in events:
-                if fd == wake:
-                    try:
-                        os.eventfd_read(wake)
-                    except BlockingIOError:
-                        pass
-                else:
-                    got += self._receive(by_fd[fd], now)
+            got = self._on_events(events, by_fd, now)
             if now >= core.next_check:
                 self._on_timer(now)
             elif got:
                 self._nap(got)
+
+    def _on_events(self, events: list[tuple[int, int]], ports: dict[int, _PortIO],
+                   now: float) -> int:
+        """Receive from the ready ports (how many frames came), then serve the rest."""
+        got = 0
+        for fd, _ev in events:
+            pio = ports.get(fd)
+            if pio is not None:
+                got += self._receive(pio, now)
+            else:
+                self._serve_other(fd)
+        if self._kick:
+            self._serve_kicked()
+        return got
+
+    def _sync_watched(self, poller: select.poll) -> None:
+        """Poll exactly the watched fds besides the ports and the wake-up eventfd."""
+        with self._lock:
+            self._watch_changed = False
+            wanted = set(self._watched)
+        for fd in self._polled - wanted:
+            poller.unregister(fd)
+        for fd in wanted - self._polled:
+            poller.register(fd, select.POLLIN)
+        self._polled = wanted
+
+    def _serve_other(self, fd: int) -> None:
+        """A wake-up (new requests, close) or a watched fd is ready."""
+        if fd == self._wake:
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                pass
+        else:
+            self._serve_watched(fd)
+
+    def _serve_watched(self, fd: int) -> None:
+        """Run a watched fd's ``on_ready``; one that raises is no longer watched."""
+        entry = self._watched.get(fd)
+        if entry is None:  # unwatched since the poll
+            return
+        try:
+            entry[0]()
+        except Exception:  # a server's bug must not end the session: its own thread
+            log.exception("watched fd %d failed; no longer watched", fd)  # takes over
+            self.unwatch(fd)
+            try:
+                entry[1]()
+            except Exception:
+                log.exception("watcher's end call failed")
+
+    def _serve_kicked(self) -> None:
+        with self._lock:
+            kicked, self._kick = self._kick, []
+        for fd in kicked:
+            self._serve_watched(fd)
 
     def _nap(self, received: int) -> None:
         """After a wake-up that brought few answers of a bulk transfer, let more gather
@@ -333,8 +420,10 @@ class Session:
     def _wait(self, poller: select.poll, until: float) -> list[tuple[int, int]]:
         """Poll until ``until`` (monotonic) for answers or new requests; not at all when
         requests came meanwhile. While the loop sleeps, submit() wakes it, once."""
+        if self._watch_changed:
+            self._sync_watched(poller)
         with self._lock:
-            if self._incoming or self._closing:
+            if self._incoming or self._closing or self._kick:
                 until = 0.0
             else:
                 self._asleep = True
