@@ -17,7 +17,7 @@ from aoe.export import nbdproto as p
 from aoe.export.blockdev import FileBlockDevice
 from aoe.export.nbdserver import MAX_PAYLOAD, Connection, NbdExport, NbdServer
 
-from .support.export import CountFlushes, RawNbd, random_image
+from .support.export import CountFlushes, PassThrough, RawNbd, random_image
 
 SIZE = 1 << 20
 
@@ -416,28 +416,17 @@ def test_server_refuses_a_live_socket_and_cleans_its_own(image: Path, tmp_path: 
             NbdServer(dev, socket_path=tmp_path / "plain")
 
 
-class RoundDevice:
+class RoundDevice(PassThrough):
     """A file device that completes reads on its own thread, in rounds, like an AoE disk:
     every request of a round gets its ``on_done``, then the completion hooks run."""
 
     def __init__(self, dev: FileBlockDevice, round_size: int) -> None:
-        self.dev = dev
-        self.size = dev.size
-        self.read_only = False
+        super().__init__(dev)
         self.round_size = round_size
         self.hooks: list[object] = []
         self.waiting: list[tuple[int, memoryview, object]] = []
         self.lock = threading.Lock()
         self.release = threading.Event()  # the test lets the hooks run
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.dev.read(offset, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.dev.write(offset, data)
-
-    def flush(self) -> None:
-        self.dev.flush()
 
     def add_completion_hook(self, hook: object) -> None:
         self.hooks.append(hook)

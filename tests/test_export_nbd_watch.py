@@ -23,19 +23,17 @@ from aoe.export import nbdproto as p
 from aoe.export.blockdev import FileBlockDevice
 from aoe.export.nbdserver import MAX_QUEUED, Connection, NbdExport
 
-from .support.export import RawNbd, random_image
+from .support.export import PassThrough, RawNbd, random_image
 
 SIZE = 4 << 20
 
 
-class ThreadedDevice:
+class ThreadedDevice(PassThrough):
     """A file device completing aligned reads and writes on its own I/O thread, which
     also serves watched fds (the duck type the NBD server finds on an AoeDisk)."""
 
     def __init__(self, dev: FileBlockDevice) -> None:
-        self.dev = dev
-        self.size = dev.size
-        self.read_only = False
+        super().__init__(dev)
         self.hooks: list[Callable[[], None]] = []
         self.watched: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
         self.kicked: list[int] = []
@@ -49,17 +47,7 @@ class ThreadedDevice:
         self.thread = threading.Thread(target=self._run, name="device-io", daemon=True)
         self.thread.start()
 
-    # the blocking duck type (the work queue's path)
-    def read(self, offset: int, length: int) -> bytes:
-        return self.dev.read(offset, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.dev.write(offset, data)
-
-    def flush(self) -> None:
-        self.dev.flush()
-
-    # what an AoeDisk adds
+    # what an AoeDisk adds to the blocking calls (which serve the work queue's path)
     def add_completion_hook(self, hook: Callable[[], None]) -> None:
         self.hooks.append(hook)
 

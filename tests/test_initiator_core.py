@@ -545,6 +545,8 @@ def test_nap_lets_answers_gather_only_in_a_bulk_transfer_on_a_slow_wire() -> Non
     assert h.core.nap(2) == 0.0  # a few requests in flight: latency comes first
     path.outstanding = 100  # a 100 Mbit/s wire: an answer every 100 us
     assert h.core.nap(6) == pytest.approx((NAP_FRAMES - 6) * 0.010 / 100)
+    path.outstanding = 24  # a window the delay control cut after a stall naps too
+    assert h.core.nap(2) == pytest.approx(0.010 / 8)
     assert h.core.nap(NAP_FRAMES) == 0.0 and h.core.nap(0) == 0.0
     path.srtt = 1.0  # never more than NAP_MAX ...
     assert h.core.nap(1) == NAP_MAX

@@ -120,12 +120,11 @@ class RawNbd:
         return error, cookie, data
 
 
-class CountFlushes:
-    """Pass-through to a real block device that counts flush() calls."""
+class PassThrough:
+    """A block device passing every call to a real one (test devices add to it)."""
 
     def __init__(self, dev: BlockDevice) -> None:
         self.dev = dev
-        self.flushes = 0
 
     @property
     def size(self) -> int:
@@ -140,6 +139,17 @@ class CountFlushes:
 
     def write(self, offset: int, data: bytes) -> None:
         self.dev.write(offset, data)
+
+    def flush(self) -> None:
+        self.dev.flush()
+
+
+class CountFlushes(PassThrough):
+    """Pass-through to a real block device that counts flush() calls."""
+
+    def __init__(self, dev: BlockDevice) -> None:
+        super().__init__(dev)
+        self.flushes = 0
 
     def flush(self) -> None:
         self.flushes += 1

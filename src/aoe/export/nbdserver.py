@@ -415,11 +415,9 @@ class Connection:
         assert queue is not None
         try:
             while True:
-                with idle:
-                    if self._pending >= MAX_QUEUED:
-                        self._paused = True  # _answered watches again
-                        self._unwatch(self.sock.fileno())
-                        break
+                # Only this thread raises _pending: unlocked, it can only look too high.
+                if self._pending >= MAX_QUEUED and self._pause():
+                    break
                 got = inbox.next_request(False)
                 if got is None:
                     break
@@ -435,6 +433,16 @@ class Connection:
         except (EOFError, OSError, p.ProtocolError) as exc:
             self._stop_reading(exc)
         self._send_outbox()  # replies to requests refused at once
+
+    def _pause(self) -> bool:
+        """Stop reading while MAX_QUEUED requests are unanswered (True); _answered
+        watches the socket again."""
+        with self._idle:
+            if self._pending < MAX_QUEUED:
+                return False
+            self._paused = True
+            self._unwatch(self.sock.fileno())
+            return True
 
     def _stop_reading(self, error: BaseException | None) -> None:
         """The client is done (DISC, EOF, garbage): wake the connection's thread."""

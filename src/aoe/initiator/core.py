@@ -94,9 +94,11 @@ REVIVE_MAX = 4.0  # ... this many seconds between probes
 # measured at 100 Mbit/s, one wake-up per 2-5 frames spent the whole CPU quota of a
 # netbook on system calls. The wait never exceeds NAP_MAX nor an eighth of the RTT, and
 # one shorter than NAP_MIN is not taken (a sleep that short costs more than it saves; on
-# a fast wire the answers already come in batches).
+# a fast wire the answers already come in batches). A window of a few dozen frames
+# naps too: had it not, a capped host whose window the delay control had cut (after a
+# stall) woke per frame, spent twice the CPU per byte, stalled more and stayed there.
 NAP_FRAMES = 16
-NAP_MIN_OUTSTANDING = 64
+NAP_MIN_OUTSTANDING = NAP_FRAMES
 NAP_MIN = 0.0002
 NAP_MAX = 0.002
 INF = float("inf")
