@@ -541,6 +541,10 @@ def test_nap_lets_answers_gather_only_in_a_bulk_transfer_on_a_slow_wire() -> Non
     h = Harness()
     path = h.paths[0]
     path.srtt = 0.010
+    path.outstanding = 100
+    assert h.core.nap(2) == 0.0  # all in flight (random I/O at a deep queue): no wait
+    h.read(0, 8)  # a request waiting for room in the window: a bulk transfer
+    assert h.core.pending
     path.outstanding = NAP_MIN_OUTSTANDING - 1
     assert h.core.nap(2) == 0.0  # a few requests in flight: latency comes first
     path.outstanding = 100  # a 100 Mbit/s wire: an answer every 100 us

@@ -89,14 +89,16 @@ PROBE_INTERVAL = 0.5
 REVIVE_FIRST = 0.25  # after a death, the first Query Config probe; doubled up to ...
 REVIVE_MAX = 4.0  # ... this many seconds between probes
 # Wake-up coalescing: when a wake-up brought fewer than NAP_FRAMES answers while at
-# least NAP_MIN_OUTSTANDING frames are in flight (a bulk transfer paced by a slow wire),
-# the I/O loop waits for about the rest of NAP_FRAMES to arrive before it works again:
-# measured at 100 Mbit/s, one wake-up per 2-5 frames spent the whole CPU quota of a
-# netbook on system calls. The wait never exceeds NAP_MAX nor an eighth of the RTT, and
-# one shorter than NAP_MIN is not taken (a sleep that short costs more than it saves; on
-# a fast wire the answers already come in batches). A window of a few dozen frames
-# naps too: had it not, a capped host whose window the delay control had cut (after a
-# stall) woke per frame, spent twice the CPU per byte, stalled more and stayed there.
+# least NAP_MIN_OUTSTANDING frames are in flight and more wait for room in the window (a
+# bulk transfer paced by a slow wire; not small random requests all in flight, each
+# awaited by its caller), the I/O loop waits for about the rest of NAP_FRAMES to
+# arrive before it works again: measured at 100 Mbit/s, one wake-up per 2-5 frames
+# spent the whole CPU quota of a netbook on system calls. The wait never exceeds
+# NAP_MAX nor an eighth of the RTT, and one shorter than NAP_MIN is not taken (a sleep
+# that short costs more than it saves; on a fast wire the answers already come in
+# batches). A window of a few dozen frames naps too: had it not, a capped host whose
+# window the delay control had cut (after a stall) woke per frame, spent twice the CPU
+# per byte, stalled more and stayed there.
 NAP_FRAMES = 16
 NAP_MIN_OUTSTANDING = NAP_FRAMES
 NAP_MIN = 0.0002
@@ -286,8 +288,8 @@ class SessionCore:
     def nap(self, received: int) -> float:
         """Seconds the I/O loop should let answers accumulate after a wake-up that brought
         ``received`` of them (0: go on at once)."""
-        if received >= NAP_FRAMES or received == 0:
-            return 0.0
+        if received >= NAP_FRAMES or received == 0 or not self.pending:
+            return 0.0  # nothing waits for the window: answers are wanted at once
         best = 0.0
         for path in self.paths:
             out = path.outstanding
