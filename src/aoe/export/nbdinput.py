@@ -37,9 +37,7 @@ class Inbox:
         """The next ``n`` bytes, waiting for them (handshake); EOFError at the end."""
         if n > len(self._buf):
             data = bytearray(n)
-            have = min(n, self._end - self._start)
-            data[:have] = self._mv[self._start : self._start + have]
-            self._start += have
+            have = self._take_buffered(data)
             self._receive_into(memoryview(data)[have:], True)
             return bytes(data)
         self._fill(n, True)
@@ -67,9 +65,7 @@ class Inbox:
                 return req, bytes(self._mv[start : self._start])
             self._req = req
             self._payload = bytearray(req.length)
-            self._payload[:have] = self._mv[start : self._end]
-            self._filled = have
-            self._start = self._end = 0
+            self._filled = self._take_buffered(self._payload)
         self._filled += self._receive_into(memoryview(self._payload)[self._filled :], wait)
         if self._filled < len(self._payload):
             return None
@@ -78,34 +74,46 @@ class Inbox:
 
     # -- receiving ---------------------------------------------------------------------
 
+    def _take_buffered(self, data: bytearray) -> int:
+        """Move the buffered bytes (no more than fit) to the front of ``data``; how many."""
+        have = min(len(data), self._end - self._start)
+        data[:have] = self._mv[self._start : self._start + have]
+        self._start += have
+        if self._start == self._end:
+            self._start = self._end = 0
+        return have
+
+    def _recv_once(self, view: memoryview, wait: bool) -> int | None:
+        """One ``recv`` into ``view``: the bytes received, None when nothing has arrived
+        (without ``wait``); EOFError when the client has closed."""
+        try:
+            got = self.sock.recv_into(view, 0, 0 if wait else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        if not got:
+            raise EOFError("client closed the connection")
+        return got
+
     def _fill(self, need: int, wait: bool) -> bool:
         """At least ``need`` unused bytes in the buffer (False: not yet, without wait)."""
         if self._start + need > len(self._buf):  # move the unused bytes to the front
             have = self._end - self._start
             self._buf[:have] = self._mv[self._start : self._end]
             self._start, self._end = 0, have
-        flags = 0 if wait else socket.MSG_DONTWAIT
         while self._end - self._start < need:
-            try:
-                got = self.sock.recv_into(self._mv[self._end :], 0, flags)
-            except BlockingIOError:
+            got = self._recv_once(self._mv[self._end :], wait)
+            if got is None:
                 return False
-            if not got:
-                raise EOFError("client closed the connection")
             self._end += got
         return True
 
     def _receive_into(self, view: memoryview, wait: bool) -> int:
         """Fill ``view`` straight from the socket (a large payload is not copied twice);
         without ``wait`` only with what has arrived. Returns the bytes received."""
-        flags = 0 if wait else socket.MSG_DONTWAIT
         at = 0
         while at < len(view):
-            try:
-                got = self.sock.recv_into(view[at:], 0, flags)
-            except BlockingIOError:
+            got = self._recv_once(view[at:], wait)
+            if got is None:
                 break
-            if not got:
-                raise EOFError("client closed the connection")
             at += got
         return at

@@ -50,6 +50,14 @@ def _check_sectors(mv: memoryview) -> None:
         raise ValueError(f"a buffer of {len(mv)} bytes is not whole 512-byte sectors")
 
 
+def _end_watcher(on_end: Callable[[], None]) -> None:
+    """Tell a watcher its fd is no longer served (its own thread takes over)."""
+    try:
+        on_end()
+    except Exception:  # a server's bug must not stop the I/O thread's exit
+        log.exception("watcher's end call failed")
+
+
 class _PortIO:
     """Batched receive and send buffers of one local port."""
 
@@ -196,9 +204,7 @@ class Session:
             if self._closing:
                 raise DiskClosedError(f"AoE session {self.address} is closed")
             self._incoming.append(req)
-            if self._asleep:  # one wake-up per sleep, however many requests come
-                self._asleep = False
-                os.eventfd_write(self._wake, 1)
+            self._rouse()
 
     def add_completion_hook(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` on the I/O thread after each round of completions (after the
@@ -223,9 +229,14 @@ class Session:
             self._watched[fd] = (on_ready, on_end)
             self._kick.append(fd)
             self._watch_changed = True
-            if self._asleep:
-                self._asleep = False
-                os.eventfd_write(self._wake, 1)
+            self._rouse()
+
+    def _rouse(self) -> None:
+        """Wake the I/O thread if it sleeps (with _lock held): one wake-up per sleep,
+        however many requests or watches come."""
+        if self._asleep:
+            self._asleep = False
+            os.eventfd_write(self._wake, 1)
 
     def unwatch(self, fd: int) -> None:
         """Stop serving ``fd`` (from any thread; from the I/O thread it takes effect at
@@ -316,10 +327,7 @@ class Session:
         with self._lock:
             ended, self._watched = list(self._watched.values()), {}
         for _, on_end in ended:
-            try:
-                on_end()
-            except Exception:
-                log.exception("watcher's end call failed")
+            _end_watcher(on_end)
 
     def _loop(self) -> None:
         poller = select.poll()
@@ -398,10 +406,7 @@ class Session:
         except Exception:  # a server's bug must not end the session: its own thread
             log.exception("watched fd %d failed; no longer watched", fd)  # takes over
             self.unwatch(fd)
-            try:
-                entry[1]()
-            except Exception:
-                log.exception("watcher's end call failed")
+            _end_watcher(entry[1])
 
     def _serve_kicked(self) -> None:
         with self._lock:
