@@ -242,7 +242,7 @@ def test_fuse_reads_ahead_but_never_returns_old_data(serve_rig: Rig, tmp_path: P
     image = serve_rig.data
     new = os.urandom(mib)
     try:
-        with mounted(disk, mp) as disk_file:
+        with mounted(disk, mp, cache="none") as disk_file:
             fd = os.open(disk_file, os.O_RDWR)
             try:
                 for offset in range(0, 4 * mib, mib):

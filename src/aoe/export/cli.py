@@ -18,6 +18,7 @@ import click
 from aoe.cli_types import iface_option
 from aoe.export.blockdev import BlockDevice
 from aoe.export.daemon import DaemonError, Ready, run_detached
+from aoe.export.fuse import CACHE_MODES
 from aoe.export.source import Source, SourceError, open_source, parse_source
 from aoe.stopsignals import StopSignalWaiter, exit_on_signal, verb
 
@@ -135,8 +136,11 @@ def _check_mountpoint(mountpoint: str, name: str, nonempty: bool) -> str:
               help="Name of the file that holds the disk inside MOUNTPOINT.")
 @click.option("-f", "--foreground", is_flag=True,
               help="Stay in the foreground (default: detach once mounted).")
-@click.option("--cached", is_flag=True,
-              help="Let the kernel cache and read ahead (default: direct I/O, never stale).")
+@click.option("--cache", type=click.Choice(CACHE_MODES), default="open",
+              show_default=True,
+              help="How the kernel caches the file: emptied at each open (what others wrote "
+                   "shows at the next open), kept across opens, or none (every read "
+                   "reaches the disk).")
 @click.option("--allow-other", is_flag=True, help="Let other users (and root) open the file.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Where a detached mount writes its log (default: nowhere).")
@@ -144,7 +148,7 @@ def _check_mountpoint(mountpoint: str, name: str, nonempty: bool) -> str:
               help="Mount even over a directory that holds files (they are hidden meanwhile).")
 def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], give_up: float | None,
           timeout: float, dead_time: float, read_only: bool, verbose: int, name: str,
-          foreground: bool, cached: bool, allow_other: bool, log_path: str | None,
+          foreground: bool, cache: str, allow_other: bool, log_path: str | None,
           nonempty: bool) -> None:
     """Show DISK as the file MOUNTPOINT/disk (FUSE), e.g. for `mount -o loop`.
 
@@ -199,7 +203,7 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], give_up: float | 
                            f"(pid {os.getpid()})")
                 try:
                     mount_blockdev(dev, mp, name=name, read_only=read_only,
-                                   direct_io=not cached, allow_other=allow_other,
+                                   cache=cache, allow_other=allow_other,
                                    fsname=f"aoe:{source.label}",
                                    ready=lambda: on_ready(message), debug=verbose > 2)
                 except (RuntimeError, OSError) as exc:

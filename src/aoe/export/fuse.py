@@ -4,6 +4,9 @@ The file can be used like the disk itself: `mkfs` it, loop-mount it, copy images
 out. fsync (and closing a file that was written) reaches the device as a flush, which
 is ATA FLUSH CACHE on an AoE disk. libfuse runs multithreaded and the kernel is allowed
 1 MiB requests, so big and concurrent reads overlap on the device.
+
+How the kernel caches the file is the mount's cache mode (`CACHE_MODES`): by default the
+page cache serves reads and reads ahead, and each open starts with an empty cache.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -27,11 +31,18 @@ from aoe.export.readahead import ReadAhead, c_alloc, c_free, c_view
 log = logging.getLogger(__name__)
 
 MAX_IO = 1 << 20  # the largest request libfuse 3 lets the kernel send (256 pages)
-READAHEAD = 1 << 20
+READAHEAD = 4 << 20  # the kernel's read-ahead window on the file, when it caches
 FUSE_THREADS = 16  # request threads: enough to keep the device's window busy
 MAX_BACKGROUND = 64  # asynchronous (readahead) requests the kernel keeps in flight
 
 _O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
+
+# How the kernel caches the file. "open": the page cache serves reads and reads ahead
+# (4 MiB, in 1 MiB requests), and is emptied whenever the file is opened, so an open sees what other
+# machines wrote before it (close-to-open, as NFS does). "keep": the cache outlives
+# opens (a disk nobody else writes). "none": direct I/O, every read reaches the disk
+# (the mount reads ahead of a sequential reader itself, see readahead.py).
+CACHE_MODES = ("open", "keep", "none")
 
 
 def _name_libfuse() -> None:
@@ -78,6 +89,7 @@ class DiskFS:
         ready: Callable[[], None] | None = None,
         restore_cwd: int | None = None,
         read_ahead: bool = False,
+        mountpoint: str | None = None,
     ) -> None:
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"bad file name {name!r}")
@@ -87,6 +99,7 @@ class DiskFS:
         self.force_read_only = read_only
         self._ready = ready
         self._cwd = restore_cwd  # libfuse chdirs to "/"; init goes back here
+        self._mountpoint = mountpoint  # whose read-ahead window to widen, if caching
         self.started = False
         self._dirty = False
         self.flushes = 0  # how many times fsync/close reached the device
@@ -112,6 +125,8 @@ class DiskFS:
             conn.max_readahead = READAHEAD
             conn.max_background = MAX_BACKGROUND
             conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
+        if self._mountpoint is not None:
+            widen_readahead(self._mountpoint, READAHEAD)
         self.started = True
         if self._cwd is not None:  # libfuse moved the whole process to "/"; undo that
             os.fchdir(self._cwd)
@@ -313,7 +328,7 @@ def mount_blockdev(
     *,
     name: str = "disk",
     read_only: bool = False,
-    direct_io: bool = True,
+    cache: str = "open",
     read_ahead: bool = True,
     allow_other: bool = False,
     fsname: str = "aoe",
@@ -324,18 +339,21 @@ def mount_blockdev(
 
     Blocks in the FUSE loop; returns after `fusermount3 -u`, `umount`, or SIGINT/SIGTERM
     when called from the main thread (libfuse unmounts cleanly on those). `ready` is
-    called once the kernel has connected. With `direct_io` (the default) every read and
-    write goes to the device, so the file never serves stale bytes from a page cache;
-    without it the kernel caches and reads ahead. The device is flushed at the end but
+    called once the kernel has connected. `cache` is one of `CACHE_MODES`; `read_ahead`
+    is the mount's own read-ahead in mode "none". The device is flushed at the end but
     not closed.
     """
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache mode {cache!r} is not one of {', '.join(CACHE_MODES)}")
+    direct_io = cache == "none"
     mfusepy = _load_mfusepy()
     mp = os.path.abspath(mountpoint)
     if not os.path.isdir(mp):
         raise FileNotFoundError(errno.ENOENT, f"mount point {mp!r} is not a directory")
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     ops = DiskFS(dev, name=name, read_only=read_only, ready=ready, restore_cwd=cwd,
-                 read_ahead=direct_io and read_ahead)
+                 read_ahead=direct_io and read_ahead,
+                 mountpoint=None if direct_io else mp)
     options: dict[str, Any] = {
         "foreground": True,
         "fsname": fsname,
@@ -347,7 +365,7 @@ def mount_blockdev(
     }
     if direct_io:
         options["direct_io"] = True
-    else:
+    elif cache == "keep":
         options["kernel_cache"] = True
     if ops.read_only:
         options["ro"] = True
@@ -371,6 +389,44 @@ def mount_blockdev(
             dev.flush()
         except Exception as exc:  # the mount is gone already; say why data may be unsafe
             log.error("final flush of the device failed: %s", exc)
+
+
+def widen_readahead(mountpoint: str, size: int) -> bool:
+    """Let the kernel read ahead up to `size` bytes on the mount (its bdi's
+    read_ahead_kb; 128 KiB unless raised, and never above the max_readahead that init
+    asked for): a capped initiator spends far less on a few 1 MiB requests than on
+    many of 128 KiB, and keeps several in flight. Needs root; False (and the kernel's
+    default) otherwise."""
+    device = _mount_device(mountpoint)
+    if device is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(size // 1024))
+    except OSError as exc:
+        log.debug("read-ahead of %s left as it is: %s", mountpoint, exc)
+        return False
+    return True
+
+
+def _mount_device(mountpoint: str) -> str | None:
+    """The "major:minor" of the newest mount on `mountpoint` (from mountinfo, which,
+    unlike stat, never asks the filesystem being set up)."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
+                    found = fields[2]
+    except OSError:
+        return None
+    return found
+
+
+def _unescape(path: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
 
 
 def unmount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
