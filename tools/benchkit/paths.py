@@ -77,7 +77,8 @@ def paths_table(res: Results, opts: Options) -> Table:
                                     min(pr, pw) >= GOAL_SHARE * 100))
     t.notes.append(
         "Each way is a separate process with its own AoE session, started fresh for each "
-        "round (start-up is not timed). `aoe mount` runs with its defaults (the page cache, `--cache open`), "
+        "round (start-up is not timed). `aoe mount` runs with its defaults (the page "
+        "cache, `--cache open`), "
         "`aoe nbd` with its defaults (4 requests at once per connection; nbdcopy opens 4 "
         "connections).")
     return t
