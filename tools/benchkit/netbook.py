@@ -33,7 +33,7 @@ from benchkit.options import Options
 from benchkit.report import Bar, Goal, Table, median, spread
 
 WAYS = ("copy-to-file", "copy-from-file", "mount-large", "mount-tree", "nbd",
-        "vblade-copy", "tar-nc", "nbdkit", "rsync", "c-pair")
+        "vblade-copy", "tar-nc", "nbdkit", "rsync", "c-pair", "local-tree")
 LABEL = {
     "copy-to-file": "aoe serve + aoe copy to a file",
     "copy-from-file": "aoe serve + aoe copy from a file",
@@ -45,7 +45,9 @@ LABEL = {
     "nbdkit": "nbdkit + nbdcopy",
     "rsync": "rsync daemon + rsync -a",
     "c-pair": "C responder + C reader (floor)",
+    "local-tree": "loop + cp -r 2,000 files, no network (floor)",
 }
+FLOORS = ("c-pair", "local-tree")  # references, not ways a user would take
 LINKS = (("1gbit", 1500), ("1gbit", 9000), ("100mbit", 1500))
 CAPS = (25, 100)
 TREE_FILES = 2000
@@ -266,6 +268,21 @@ class Netbook:
             self.irun(["cp", "-r", str(fs / "tree"), str(self.out)], netns=False)
         return self.tree
 
+    def local_tree(self, tiny: bool) -> int:
+        """The tree way without any network: the image itself loop-mounted, under the
+        initiator's cap. What the filesystem and `cp -r` cost alone bounds every
+        initiator on this machine."""
+        self.irun(["mount", "-o", "loop,ro", str(self.image), str(self.loop_mp)], netns=False)
+        try:
+            if tiny:
+                self.irun(["cp", str(self.loop_mp / "tree" / "d00" / "f0000"), str(self.out)],
+                          netns=False)
+                return (self.loop_mp / "tree" / "d00" / "f0000").stat().st_size
+            self.irun(["cp", "-r", str(self.loop_mp / "tree"), str(self.out)], netns=False)
+        finally:
+            subprocess.run(["umount", str(self.loop_mp)], capture_output=True, check=False)
+        return self.tree
+
     def nbd(self, tiny: bool) -> int:
         sock = self.root / "aoe-nbd.sock"
         uri = self.irun([AOE, "nbd", "-d", "-i", self.ifname("initiator"), "-r",
@@ -331,6 +348,7 @@ class Netbook:
             "nbdkit": (lambda: self.nbdkit(self.plain / "big.bin"), self.nbdkit_copy),
             "rsync": (self.rsyncd, self.rsync),
             "c-pair": (self.floor, self.c_pair),
+            "local-tree": (nothing, self.local_tree),
         }
         return table[name]
 
@@ -458,7 +476,10 @@ def _goals(t: Table, res: Results, rate: str, mtu: int, cap: int, limit: float,
                                     f"{v / limit * 100:.0f} %", v / limit >= goal))
     if rate == "100mbit" and cap == 25:
         worst = min(((med(w) or 0.0) / limit, w) for w in WAYS
-                    if w != "c-pair" and res.runs.get((rate, mtu, cap, w)))
+                    if w not in FLOORS and res.runs.get((rate, mtu, cap, w)))
+        tree, local = med("mount-tree"), med("local-tree")
+        beside = (f"; the tree {tree / local:.2f}× its no-network floor"
+                  if tree and local else "")
         t.goals.append(Goal("100 Mbit/s, 25 %, MTU 1500: every way ≥ 95 % of the wire",
-                            f"lowest {worst[0] * 100:.0f} % ({LABEL[worst[1]]})",
+                            f"lowest {worst[0] * 100:.0f} % ({LABEL[worst[1]]}){beside}",
                             worst[0] >= 0.95))
