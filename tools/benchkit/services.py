@@ -38,13 +38,15 @@ def _wait_line(proc: subprocess.Popen[str], needle: str, what: str, limit: float
 
 
 @contextmanager
-def fuse_mount(host: Host, address: str, ifname: str, mountpoint: Path) -> Iterator[Path]:
-    """`aoe mount ADDRESS MOUNTPOINT -f` in the initiator namespace; yields the disk file.
+def fuse_mount(host: Host, address: str, ifname: str, mountpoint: Path,
+               extra: tuple[str, ...] = ()) -> Iterator[Path]:
+    """`aoe mount ADDRESS MOUNTPOINT -f` (and `extra`) in the initiator namespace; yields
+    the disk file.
 
     The mount is made in the machine's mount namespace (so dd can reach it) and always
     undone: SIGTERM unmounts, `fusermount3 -u -z` covers a process that died."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    proc = host.popen([AOE, "mount", address, str(mountpoint), "-i", ifname, "-f"],
+    proc = host.popen([AOE, "mount", address, str(mountpoint), "-i", ifname, "-f", *extra],
                       private_sysfs=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                       text=True)
     try:
