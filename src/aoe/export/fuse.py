@@ -38,10 +38,10 @@ MAX_BACKGROUND = 64  # asynchronous (readahead) requests the kernel keeps in fli
 _O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
 
 # How the kernel caches the file. "open": the page cache serves reads and reads ahead
-# (4 MiB, in 1 MiB requests), and is emptied whenever the file is opened, so an open sees what other
-# machines wrote before it (close-to-open, as NFS does). "keep": the cache outlives
-# opens (a disk nobody else writes). "none": direct I/O, every read reaches the disk
-# (the mount reads ahead of a sequential reader itself, see readahead.py).
+# (4 MiB, in 1 MiB requests), and is emptied whenever the file is opened, so an open
+# sees what other machines wrote before it (close-to-open, as NFS does). "keep": the
+# cache outlives opens (a disk nobody else writes). "none": direct I/O, every read
+# reaches the disk (the mount reads ahead of a sequential reader itself, readahead.py).
 CACHE_MODES = ("open", "keep", "none")
 
 
@@ -347,7 +347,9 @@ def mount_blockdev(
         raise ValueError(f"cache mode {cache!r} is not one of {', '.join(CACHE_MODES)}")
     direct_io = cache == "none"
     mfusepy = _load_mfusepy()
-    mp = os.path.abspath(mountpoint)
+    # Resolved now, as mountinfo will show it: once mounted, a stat of the mount point
+    # would wait for the answer to init, and init looks the mount up (widen_readahead).
+    mp = os.path.realpath(mountpoint)
     if not os.path.isdir(mp):
         raise FileNotFoundError(errno.ENOENT, f"mount point {mp!r} is not a directory")
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -392,11 +394,12 @@ def mount_blockdev(
 
 
 def widen_readahead(mountpoint: str, size: int) -> bool:
-    """Let the kernel read ahead up to `size` bytes on the mount (its bdi's
-    read_ahead_kb; 128 KiB unless raised, and never above the max_readahead that init
-    asked for): a capped initiator spends far less on a few 1 MiB requests than on
-    many of 128 KiB, and keeps several in flight. Needs root; False (and the kernel's
-    default) otherwise."""
+    """Let the kernel read ahead up to `size` bytes on the mount at `mountpoint` (its
+    bdi's read_ahead_kb: 128 KiB unless raised, and never above the max_readahead that
+    init asked for): a capped initiator spends far less on a few 1 MiB requests than on
+    many of 128 KiB, and keeps several in flight. `mountpoint` is resolved already, as
+    mountinfo shows it: this runs in init, and a stat of the mount would wait for init's
+    own answer. Needs root; False (and the kernel's default) otherwise."""
     device = _mount_device(mountpoint)
     if device is None:
         return False
@@ -453,7 +456,7 @@ def mounted(
     so as a last resort the connection (this mount's own, by its device number) is
     aborted through the fusectl filesystem.
     """
-    mp = os.path.abspath(mountpoint)
+    mp = os.path.realpath(mountpoint)  # ismount() is False for a symlink to the mount
     started = threading.Event()
     failure: list[BaseException] = []
 
