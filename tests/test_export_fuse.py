@@ -246,7 +246,8 @@ def test_aoe_mount_daemon(tmp_path: Path) -> None:
         assert (mp / "disk").read_bytes() == data
         with open(mp / "disk", "r+b") as f:
             f.write(b"daemon")
-        again = run([AOE, "mount", f"file:{image}", str(mp)], check=False)
+        # (--cached, the flag of 0.1.0, is still understood: the refusal is the mount's)
+        again = run([AOE, "mount", "--cached", f"file:{image}", str(mp)], check=False)
         assert again.returncode == 2 and "already a mount point" in again.stderr
         run(["fusermount3", "-u", str(mp)])
         deadline = time.monotonic() + 20

@@ -141,6 +141,8 @@ def _check_mountpoint(mountpoint: str, name: str, nonempty: bool) -> str:
               help="How the kernel caches the file: emptied at each open (what others wrote "
                    "shows at the next open), kept across opens, or none (every read "
                    "reaches the disk).")
+@click.option("--cached", is_flag=True, hidden=True,
+              help="Same as --cache keep (the flag of 0.1.0).")
 @click.option("--allow-other", is_flag=True, help="Let other users (and root) open the file.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Where a detached mount writes its log (default: nowhere).")
@@ -148,8 +150,8 @@ def _check_mountpoint(mountpoint: str, name: str, nonempty: bool) -> str:
               help="Mount even over a directory that holds files (they are hidden meanwhile).")
 def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], give_up: float | None,
           timeout: float, dead_time: float, read_only: bool, verbose: int, name: str,
-          foreground: bool, cache: str, allow_other: bool, log_path: str | None,
-          nonempty: bool) -> None:
+          foreground: bool, cache: str, cached: bool, allow_other: bool,
+          log_path: str | None, nonempty: bool) -> None:
     """Show DISK as the file MOUNTPOINT/disk (FUSE), e.g. for `mount -o loop`.
 
     Unmount with `fusermount3 -u MOUNTPOINT` (or `umount` as root); SIGINT and SIGTERM
@@ -161,6 +163,8 @@ def mount(disk: str, mountpoint: str, ifaces: tuple[str, ...], give_up: float | 
     """
     source = _source(disk)
     mp = _check_mountpoint(mountpoint, name, nonempty)
+    if cached:  # the flag of 0.1, kept working
+        cache = "keep"
     _logging(verbose)
     if private_mount_namespace():
         click.echo("warning: this process has a mount namespace of its own (as under "
