@@ -253,20 +253,26 @@ class Netbook:
             subprocess.run(["fusermount3", "-u", str(self.fuse_mp)], capture_output=True,
                            check=False)
 
+    def copy_tree(self, fs: Path, tiny: bool) -> int:
+        """`cp -r` of the tree off the mounted filesystem `fs` (one of its files when
+        `tiny`); the bytes copied."""
+        if tiny:
+            one = fs / "tree" / "d00" / "f0000"
+            self.irun(["cp", str(one), str(self.out)], netns=False)
+            return one.stat().st_size
+        self.irun(["cp", "-r", str(fs / "tree"), str(self.out)], netns=False)
+        return self.tree
+
     def mount_large(self, tiny: bool) -> int:
         with self.mounted() as fs:
             if tiny:
-                self.irun(["cp", str(fs / "tree" / "d00" / "f0000"), str(self.out)], False)
-                return (fs / "tree" / "d00" / "f0000").stat().st_size
+                return self.copy_tree(fs, True)
             self.irun(["cp", str(fs / "big.bin"), str(self.out)], netns=False)
         return self.big
 
     def mount_tree(self, tiny: bool) -> int:
-        if tiny:
-            return self.mount_large(True)
         with self.mounted() as fs:
-            self.irun(["cp", "-r", str(fs / "tree"), str(self.out)], netns=False)
-        return self.tree
+            return self.copy_tree(fs, tiny)
 
     def local_tree(self, tiny: bool) -> int:
         """The tree way without any network: the image itself loop-mounted, under the
@@ -274,14 +280,9 @@ class Netbook:
         initiator on this machine."""
         self.irun(["mount", "-o", "loop,ro", str(self.image), str(self.loop_mp)], netns=False)
         try:
-            if tiny:
-                self.irun(["cp", str(self.loop_mp / "tree" / "d00" / "f0000"), str(self.out)],
-                          netns=False)
-                return (self.loop_mp / "tree" / "d00" / "f0000").stat().st_size
-            self.irun(["cp", "-r", str(self.loop_mp / "tree"), str(self.out)], netns=False)
+            return self.copy_tree(self.loop_mp, tiny)
         finally:
             subprocess.run(["umount", str(self.loop_mp)], capture_output=True, check=False)
-        return self.tree
 
     def nbd(self, tiny: bool) -> int:
         sock = self.root / "aoe-nbd.sock"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from aoe.export.blockdev import BlockDevice
 from aoe.export.nbdserver import DEFAULT_WORKERS, Connection, NbdExport, StopOnSignals
+from aoe.mounts import mounts
 
 log = logging.getLogger(__name__)
 
@@ -354,15 +355,9 @@ def busy_reason(index: int) -> str | None:
             numbers[dev_file.read_text().strip()] = f"/dev/{dev_file.parent.name}"
         except OSError:
             continue
-    try:
-        mountinfo = Path("/proc/self/mountinfo").read_text()
-    except OSError:
-        mountinfo = ""
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if len(fields) > 4 and fields[2] in numbers:
-            where = fields[4].replace("\\040", " ")
-            return f"{numbers[fields[2]]} is mounted on {where}: unmount it first"
+    for device, where in mounts():
+        if device in numbers:
+            return f"{numbers[device]} is mounted on {where}: unmount it first"
     for name in {Path(n).name for n in numbers.values()}:
         holders = sorted(p.name for p in (Path("/sys/class/block") / name / "holders").glob("*"))
         if holders:

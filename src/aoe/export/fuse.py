@@ -15,7 +15,6 @@ import ctypes
 import errno
 import logging
 import os
-import re
 import stat
 import subprocess
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 
 from aoe.export.blockdev import BlockDevice, Buffer, error_number
 from aoe.export.readahead import ReadAhead, c_alloc, c_free, c_view
+from aoe.mounts import mounts
 
 log = logging.getLogger(__name__)
 
@@ -413,23 +413,9 @@ def widen_readahead(mountpoint: str, size: int) -> bool:
 
 
 def _mount_device(mountpoint: str) -> str | None:
-    """The "major:minor" of the newest mount on `mountpoint` (from mountinfo, which,
-    unlike stat, never asks the filesystem being set up)."""
-    found = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
-                    found = fields[2]
-    except OSError:
-        return None
-    return found
-
-
-def _unescape(path: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+    """The "major:minor" of the newest mount on `mountpoint`."""
+    found = [device for device, where in mounts() if where == mountpoint]
+    return found[-1] if found else None
 
 
 def unmount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:

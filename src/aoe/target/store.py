@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..mounts import mounts
 from ..protocol.constants import SECTOR_SIZE
 from ..protocol.identify import IdentifyInfo, build_identify
 from ..protocol.mac import format_mac
@@ -406,16 +407,7 @@ def mount_points_of(device: str) -> list[str]:
     except OSError:
         return []
     want = f"{os.major(rdev)}:{os.minor(rdev)}"
-    out = []
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[2] == want:
-                    out.append(fields[4])
-    except OSError:
-        pass
-    return out
+    return [where for dev, where in mounts() if dev == want]
 
 
 def _refuse_if_attached(spec: ExportSpec, fd: int) -> None:
