@@ -21,7 +21,7 @@ import pytest
 
 from aoe.export import nbdproto as p
 from aoe.export.blockdev import FileBlockDevice
-from aoe.export.nbdserver import MAX_QUEUED, Connection, NbdExport
+from aoe.export.nbdserver import MAX_QUEUED, WEIGHT_BYTES, Connection, NbdExport
 
 from .support.export import PassThrough, RawNbd, random_image
 
@@ -221,6 +221,29 @@ def test_reading_pauses_while_too_many_are_unanswered(
     got = sorted(c.simple_reply(512) for _ in range(MAX_QUEUED + extra))
     assert got == [(0, k, data[k * 512 : (k + 1) * 512]) for k in range(MAX_QUEUED + extra)]
     assert dev.submitters == {"device-io"}
+
+
+def test_large_requests_count_by_the_data_they_hold(
+        served: tuple[ThreadedDevice, Connection, RawNbd, threading.Thread],
+        image: Path) -> None:
+    """Reading ahead is bounded by memory too: a 2 MiB read weighs three small ones, so
+    far fewer of them are taken in before reading pauses."""
+    dev, conn, c, _t = served
+    dev.holding = True
+    size = 2 * WEIGHT_BYTES
+    weight = 1 + size // WEIGHT_BYTES
+    taken = -(-MAX_QUEUED // weight)  # taken while the weight is below MAX_QUEUED
+    count = taken + 4
+    c.sock.sendall(b"".join(p.pack_request(p.CMD_READ, k, (k % 2) * size, size)
+                            for k in range(count)))
+    _wait_for(lambda: dev.submitted == taken, "the first requests taken in")
+    time.sleep(0.2)
+    assert dev.submitted == taken < MAX_QUEUED and conn.queued() == taken * weight
+    dev.release()
+    data = image.read_bytes()
+    got = sorted(c.simple_reply(size) for _ in range(count))
+    assert got == [(0, k, data[(k % 2) * size : (k % 2 + 1) * size]) for k in range(count)]
+    _wait_for(lambda: conn.queued() == 0, "every request counted answered")
 
 
 def test_the_connection_reads_on_when_the_device_session_ends(

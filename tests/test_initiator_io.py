@@ -4,6 +4,7 @@ concurrent callers."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from aoe.initiator import TargetReadOnlyError, discover
+from aoe.initiator.session import SEND_EVERY
 from aoe.lab import Lab
 from aoe.protocol import max_sectors_for_mtu
 
@@ -186,6 +188,46 @@ def test_range_checks(small_rig: Rig) -> None:
         assert disk.readinto(4096, buf) == 8192 and bytes(buf) == small_rig.data[4096:12288]
     with pytest.raises(Exception, match="closed"):
         disk.read(0, 1)
+
+
+def test_a_burst_submitted_on_the_io_thread_goes_out_in_groups(small_rig: Rig) -> None:
+    """Requests queued by a watched fd's callback (as `aoe nbd` reads a client's burst)
+    are sent SEND_EVERY at a time while the callback still runs, not only after it."""
+    count = 2 * SEND_EVERY + 3
+    sent_after: list[int] = []
+    errors: list[BaseException | None] = []
+    done = threading.Semaphore(0)
+
+    def on_done(error: BaseException | None) -> None:
+        errors.append(error)
+        done.release()
+
+    with small_rig.open() as disk:
+        bufs = [memoryview(bytearray(4096)) for _ in range(count)]
+        session = disk.session
+        r, w = os.pipe()
+        try:
+            def on_ready() -> None:
+                os.read(r, 1)
+                session.unwatch(r)
+                before = session.stats().frames_sent
+                for i, buf in enumerate(bufs):
+                    assert disk.submit_read(i * 8192, buf, on_done)
+                    sent_after.append(session.stats().frames_sent - before)
+
+            session.watch(r, on_ready, lambda: None)
+            os.write(w, b"x")
+            for _ in range(count):
+                assert done.acquire(timeout=10)
+        finally:
+            os.close(r)
+            os.close(w)
+    assert errors == [None] * count
+    assert [bytes(b) for b in bufs] == [small_rig.data[i * 8192 : i * 8192 + 4096]
+                                        for i in range(count)]
+    assert sent_after[SEND_EVERY - 2] == 0  # queued: nothing sent yet
+    assert sent_after[SEND_EVERY - 1] > 0  # the first group left at once (as the window
+    assert sent_after[-1] == sent_after[2 * SEND_EVERY - 1]  # allows); the rest after
 
 
 def test_submitted_requests_complete_through_callbacks(small_rig: Rig) -> None:

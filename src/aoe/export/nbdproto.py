@@ -103,6 +103,7 @@ _OPT_REPLY = struct.Struct(">QIII")
 _REQUEST = struct.Struct(">IHHQQI")
 _SIMPLE_REPLY = struct.Struct(">IIQ")
 _STRUCTURED = struct.Struct(">IHHQI")
+_STRUCTURED_DATA = struct.Struct(">IHHQIQ")  # a chunk header and the data's offset
 
 OPT_HEADER_LEN = _OPT_HEADER.size  # 16
 REQUEST_LEN = _REQUEST.size  # 28
@@ -213,8 +214,8 @@ def parse_simple_reply(data: bytes) -> tuple[int, int]:
 
 def structured_data_header(cookie: int, offset: int, length: int) -> bytes:
     """Header of a final NBD_REPLY_TYPE_OFFSET_DATA chunk carrying `length` data bytes."""
-    return _STRUCTURED.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA,
-                            cookie, 8 + length) + struct.pack(">Q", offset)
+    return _STRUCTURED_DATA.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
+                                 REPLY_TYPE_OFFSET_DATA, cookie, 8 + length, offset)
 
 
 def structured_error(cookie: int, error: int, message: str = "") -> bytes:

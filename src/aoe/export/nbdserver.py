@@ -32,7 +32,8 @@ MAX_PAYLOAD = 32 << 20  # largest READ/WRITE accepted (the protocol's interopera
 MAX_OPTION_DATA = 64 << 10  # larger option data is treated as abuse: hard disconnect
 ZERO_CHUNK = 1 << 20  # WRITE_ZEROES is carried out as writes of this size
 MERGE_MAX = 4 << 20  # a run of contiguous reads or writes is one device call up to this
-MAX_QUEUED = 32  # requests of one connection read ahead of their execution
+MAX_QUEUED = 128  # weight (see _weight) of one connection's requests read ahead of their
+WEIGHT_BYTES = 1 << 20  # execution: 128 small requests, or about 128 MiB of data
 REUSED_BUFFER_MAX = 4 << 20  # read buffers up to this size are kept per worker thread
 DEFAULT_WORKERS = 2  # device calls at once per connection: more only add GIL contention
 SEND_BUFFER = 8 << 20  # per connection: several whole replies fit without a sender thread
@@ -41,6 +42,7 @@ ASYNC_MAX = 4 << 20  # larger reads and writes go through the workers (one devic
 
 
 Reply = bytes | bytearray | memoryview
+Submit = Callable[[int, memoryview, Callable[[BaseException | None], None]], bool]
 
 
 class NbdError(Exception):
@@ -166,13 +168,13 @@ class Connection:
         self.structured = False
         self._inbox = Inbox(sock, MAX_PAYLOAD)
         self._send_lock = threading.Condition()
-        self._spill: deque[list[memoryview]] = deque()  # replies the socket did not take
+        self._spill: deque[list[Reply]] = deque()  # replies the socket did not take
         self._sender: threading.Thread | None = None
         self._closed_send = False
         self._spilled = self._drained = 0  # replies handed to the sender thread, and sent
         self._workers = workers
         self._pool = pool  # shared with the server's other connections, or our own
-        self._pending = 0  # requests taken in and not yet answered
+        self._pending = 0  # weight of the requests taken in and not yet answered
         self._idle = threading.Condition()  # guards _pending and _waiting
         self._waiting = False  # the reader waits for _pending to go down
         self._dev = export.dev
@@ -180,7 +182,7 @@ class Connection:
         # Replies completed on the device's I/O thread, sent together at the end of its
         # round of completions (when the device offers such a hook): one sendmsg for many.
         self._outbox: list[Reply] = []
-        self._outbox_count = 0
+        self._outbox_weight = 0
         self._unhook: Callable[[Callable[[], None]], None] | None = None  # set while hooked
         # Requests read on the device's I/O thread (see _read_on_device_thread).
         self._queue: WorkQueue | None = None
@@ -190,6 +192,10 @@ class Connection:
         self._end_error: BaseException | None = None  # why the client is done, if it failed
         self._watch: Callable[[int, Callable[[], None], Callable[[], None]], None] = _no_watch
         self._unwatch: Callable[[int], None] = _no_unwatch
+        # Devices that complete requests on their own thread (see _submit), looked up once.
+        self._submit_read: Submit | None = getattr(self._dev, "submit_read", None)
+        self._submit_write: Submit | None = getattr(self._dev, "submit_write", None)
+        self._size = export.size  # what the client was told
 
     # -- I/O helpers -----------------------------------------------------------------
 
@@ -201,7 +207,7 @@ class Connection:
         does not take at once waits, in order, for this connection's sender thread (replies
         sent from the AoE session's I/O thread must not wait for a slow client). With
         ``wait`` the call returns once the reply has left, so its buffers may be reused."""
-        views = [memoryview(x) for x in parts if x]
+        views: list[Reply] = list(parts)
         with self._send_lock:
             if self._closed_send:
                 raise BrokenPipeError("connection closed")
@@ -375,7 +381,7 @@ class Connection:
                     while self._pending >= MAX_QUEUED:
                         self._waiting = True
                         self._idle.wait()
-                    self._pending += 1
+                    self._pending += _weight(req)
                 if not self._submit(req, payload):
                     pool.put(self, req, payload)
         finally:
@@ -410,7 +416,8 @@ class Connection:
 
     def _on_readable(self) -> None:
         """Take every whole request that has arrived (on the device's I/O thread, never
-        waiting): hand each on, or stop reading while MAX_QUEUED are unanswered."""
+        waiting): hand each on, or stop reading while MAX_QUEUED (by weight) are
+        unanswered."""
         inbox, idle, queue = self._inbox, self._idle, self._queue
         assert queue is not None
         try:
@@ -427,7 +434,7 @@ class Connection:
                     self._stop_reading(None)
                     break
                 with idle:
-                    self._pending += 1
+                    self._pending += _weight(req)
                 if not self._submit(req, payload):
                     queue.put(self, req, payload)
         except (EOFError, OSError, p.ProtocolError) as exc:
@@ -435,7 +442,7 @@ class Connection:
         self._send_outbox()  # replies to requests refused at once
 
     def _pause(self) -> bool:
-        """Stop reading while MAX_QUEUED requests are unanswered (True); _answered
+        """Stop reading while MAX_QUEUED (by weight) is unanswered (True); _answered
         watches the socket again."""
         with self._idle:
             if self._pending < MAX_QUEUED:
@@ -469,53 +476,62 @@ class Connection:
 
     def _send_outbox(self) -> None:
         """Send the replies of one round of device completions at once (I/O thread)."""
-        count = self._outbox_count
-        if not count:
+        weight = self._outbox_weight
+        if not weight:
             return
-        parts, self._outbox, self._outbox_count = self._outbox, [], 0
-        self._send_replies(parts, count)
+        parts, self._outbox, self._outbox_weight = self._outbox, [], 0
+        self._send_replies(parts, weight)
 
-    def _send_replies(self, parts: list[Reply], count: int) -> None:
-        """Send ``count`` replies made of ``parts`` without waiting (their buffers are
-        their own) and count them answered, whatever the client did meanwhile."""
+    def _send_replies(self, parts: list[Reply], weight: int) -> None:
+        """Send replies made of ``parts`` without waiting (their buffers are their own)
+        and count their requests (``weight`` in all) answered, whatever the client did
+        meanwhile."""
         try:
             self._send(*parts, wait=False)
         except OSError as err:  # the client went away: wake the reader
             log.debug("reply failed: %s", err)
             _shutdown(self.sock)
         finally:
-            self._answered(count)
+            self._answered(weight)
 
     def _submit(self, req: p.Request, payload: Payload) -> bool:
         """Hand a plain aligned read or write straight to a device that completes requests
         on its own thread (an AoE disk): no worker waits, and the reply is sent from the
-        completion. False leaves the request to the workers."""
-        kind = self.merge_kind(req)
-        if kind is None or req.length > ASYNC_MAX or (kind == p.CMD_WRITE and req.flags):
+        completion. False leaves the request to the workers.
+
+        This runs once per request on the device's I/O thread, so it decides with plain
+        comparisons and builds the reply's header before the data comes."""
+        length = req.length
+        if not 0 < length <= ASYNC_MAX or req.offset + length > self._size:
             return False
-        if kind == p.CMD_READ:
-            submit = getattr(self._dev, "submit_read", None)
-            if submit is None:
+        command, flags = req.command, req.flags
+        parts: list[Reply]
+        if command == p.CMD_READ:
+            submit = self._submit_read
+            if submit is None or (flags and (not self.structured or flags & ~p.CMD_FLAG_DF)):
                 return False
-            data = memoryview(bytearray(req.length))
-        else:
-            submit = getattr(self._dev, "submit_write", None)
-            if submit is None:
+            data = memoryview(bytearray(length))
+            parts = [self._read_header(req.cookie, req.offset, length), data]
+        elif command == p.CMD_WRITE:
+            submit = self._submit_write
+            if submit is None or flags or self.export.read_only:
                 return False
             data = memoryview(payload)
+            parts = [p.simple_reply(req.cookie)]
+        else:
+            return False
 
         def done(exc: BaseException | None) -> None:
-            error = 0
+            reply = parts
             if exc is not None:
-                log.warning("%s at %d+%d failed: %s", p.CMD_NAMES.get(req.command),
-                            req.offset, req.length, exc)
-                error = p.error_from_exception(exc)
-            reply = self._reply_parts(req, error, data if kind == p.CMD_READ else b"")
+                log.warning("%s at %d+%d failed: %s", p.CMD_NAMES.get(command),
+                            req.offset, length, exc)
+                reply = self._reply_parts(req, p.error_from_exception(exc), b"")
             if self._unhook is not None and not refused:
                 self._outbox += reply  # sent, and counted, by _send_outbox
-                self._outbox_count += 1
+                self._outbox_weight += _weight(req)
                 return
-            self._send_replies(reply, 1)
+            self._send_replies(reply, _weight(req))
 
         refused = False  # a refusal is answered at once, not with a round's replies
         try:
@@ -525,9 +541,15 @@ class Connection:
             done(exc)
             return True
 
-    def _answered(self, count: int) -> None:
+    def _read_header(self, cookie: int, offset: int, length: int) -> bytes:
+        """What goes before a successful read's data."""
+        if self.structured:
+            return p.structured_data_header(cookie, offset, length)
+        return p.simple_reply(cookie)
+
+    def _answered(self, weight: int) -> None:
         with self._idle:
-            self._pending -= count
+            self._pending -= weight
             if self._paused and self._pending < MAX_QUEUED:
                 self._read_again()
             if self._waiting:  # only then is a wake-up worth its cost
@@ -535,7 +557,8 @@ class Connection:
                 self._idle.notify_all()
 
     def queued(self) -> int:
-        """Requests of this connection taken in and not yet answered."""
+        """Weight (see _weight) of this connection's requests taken in and not yet
+        answered: their number when they are small."""
         return self._pending
 
     def serve_batch(self, batch: list[tuple[p.Request, Payload]]) -> None:
@@ -549,7 +572,7 @@ class Connection:
             log.debug("reply failed: %s", exc)
             _shutdown(self.sock)
         finally:
-            self._answered(len(batch))
+            self._answered(sum(_weight(req) for req, _ in batch))
 
     def merge_kind(self, req: p.Request) -> int | None:
         """READ or WRITE for a request that may share a device call, else None (it is
@@ -816,6 +839,13 @@ class NbdServer:
         self.close()
 
 
+def _weight(req: p.Request) -> int:
+    """What a request counts against MAX_QUEUED until it is answered: one, and one more
+    per WEIGHT_BYTES it moves, so that deep queues of small requests are read ahead while
+    large ones are bounded by the memory they hold."""
+    return 1 + req.length // WEIGHT_BYTES
+
+
 def _no_watch(_fd: int, _ready: Callable[[], None], _end: Callable[[], None]) -> None:
     raise OSError("this device reads no client for us")
 
@@ -824,15 +854,21 @@ def _no_unwatch(_fd: int) -> None:
     pass
 
 
-def _send_some(sock: socket.socket, views: list[memoryview], flags: int) -> list[memoryview]:
-    """One sendmsg of ``views``; what is left of them."""
-    sent = sock.sendmsg(views, [], flags)
-    while views and sent >= len(views[0]):
-        sent -= len(views[0])
-        views.pop(0)
-    if views and sent:
-        views[0] = views[0][sent:]
-    return views
+def _send_some(sock: socket.socket, parts: list[Reply], flags: int) -> list[Reply]:
+    """One sendmsg of ``parts``; what is left of them (usually nothing)."""
+    sent = sock.sendmsg(parts, [], flags)
+    done, count = 0, len(parts)
+    while done < count:
+        size = len(parts[done])
+        if sent < size:
+            break
+        sent -= size
+        done += 1
+    if done == count:
+        return []
+    rest = parts[done:]
+    rest[0] = memoryview(rest[0])[sent:]
+    return rest
 
 
 def _widen_send_buffer(sock: socket.socket) -> None:

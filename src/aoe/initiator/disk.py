@@ -38,7 +38,7 @@ class _RangeLock:
     start (one bisection, not a scan of everything held: every write takes a range)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # never taken twice by one thread
         self._starts: list[int] = []  # held ranges' first sectors, sorted
         self._ends: dict[int, int] = {}  # first sector -> one past the last
         self._waiters = 0  # threads waiting in hold(): only then is a wake-up needed
@@ -59,11 +59,17 @@ class _RangeLock:
             self.give_back(span)
 
     def try_take(self, start: int, end: int) -> tuple[int, int] | None:
-        """Lock the range if nothing overlapping is held (never waits); the held span."""
+        """Lock the range if nothing overlapping is held (never waits); the held span.
+        (Once per asynchronous write: _free and _take written out.)"""
+        stop = end if end > start else start + 1
+        starts = self._starts
         with self._cond:
-            if not self._free(start, end):
+            i = bisect_left(starts, stop)
+            if i and self._ends[starts[i - 1]] > start:
                 return None
-            return self._take(start, end)
+            starts.insert(i, start)
+            self._ends[start] = stop
+        return (start, end)
 
     def _free(self, start: int, end: int) -> bool:
         end = max(end, start + 1)  # an empty range still owns its place
@@ -226,10 +232,9 @@ class AoeDisk:
         called on the session's I/O thread when it ends. Only sector-aligned requests go
         this way: False (nothing started) asks the caller to use :meth:`readinto`."""
         length = len(buf)
-        first, _ = self._span(offset, length)
-        if not length or not _aligned(offset, length):
+        if not self._submittable(offset, length):
             return False
-        self._session.submit_read(first, buf, lambda req: on_done(req.error))
+        self._session.submit_read(offset // SECTOR_SIZE, buf, lambda req: on_done(req.error))
         return True
 
     def submit_write(self, offset: int, data: memoryview,
@@ -238,12 +243,13 @@ class AoeDisk:
         must stay unchanged until ``on_done(error)``). False, with nothing started, when
         the request is not aligned or overlaps a write in progress: use :meth:`write`."""
         length = len(data)
-        first, last = self._span(offset, length)
+        whole = self._submittable(offset, length)
         if self._read_only:
             raise TargetReadOnlyError(f"target {self.info.address} is open read-only")
-        if not length or not _aligned(offset, length):
+        if not whole:
             return False
-        span = self._locks.try_take(first, last)
+        first = offset // SECTOR_SIZE
+        span = self._locks.try_take(first, first + length // SECTOR_SIZE)
         if span is None:
             return False
 
@@ -324,6 +330,15 @@ class AoeDisk:
     def _check_open(self) -> None:
         if self._closed:
             raise DiskClosedError(f"AoE disk {self.address} is closed")
+
+    def _submittable(self, offset: int, length: int) -> bool:
+        """Whether a request may go the asynchronous way: whole sectors, not empty (the
+        once-per-request check of :meth:`_span` with the alignment, in one place)."""
+        if self._closed:
+            raise DiskClosedError(f"AoE disk {self.address} is closed")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"range {offset}+{length} is outside the disk ({self.size} bytes)")
+        return length > 0 and not (offset | length) & (SECTOR_SIZE - 1)
 
     def _span(self, offset: int, length: int) -> tuple[int, int]:
         """First sector and one past the last sector covering [offset, offset+length)."""

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from threading import get_ident
 
 from ..net.mmsg import FrameBatch, GatherBatch
 from ..net.rawsock import RawSocket
@@ -43,6 +44,12 @@ _READ48 = (int(AtaOpcode.READ_SECTORS_EXT), int(AtaFlag.EXTENDED))
 _READ28 = (int(AtaOpcode.READ_SECTORS), 0)
 _WRITE48 = (int(AtaOpcode.WRITE_SECTORS_EXT), int(AtaFlag.EXTENDED | AtaFlag.WRITE))
 _WRITE28 = (int(AtaOpcode.WRITE_SECTORS), int(AtaFlag.WRITE))
+
+
+# Requests a watched fd's callback may queue before their frames are sent: a burst of a
+# server's client is then answered in a pipeline, not as one block (random 4 KiB reads
+# through `aoe nbd` at iodepth 32 went from about 26k to 44k IOPS with 16 here).
+SEND_EVERY = 16
 
 
 def _check_sectors(mv: memoryview) -> None:
@@ -143,10 +150,12 @@ class Session:
         self._watch_changed = False
         self._polled: set[int] = set()  # the watched fds the I/O thread's poller has
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._io_ident: int | None = None  # the I/O thread's, once it runs
         self._thread = threading.Thread(
             target=self._run, name=f"aoe-{self.shelf}.{self.slot}", daemon=True
         )
         self._thread.start()
+        self._io_ident = self._thread.ident
 
     # --- caller side ------------------------------------------------------------------
     @property
@@ -194,17 +203,33 @@ class Session:
         """Queue ``req`` for the I/O thread and return at once. A request built with
         ``on_done`` has it called on the I/O thread when it ends (``req.error`` is None on
         success), so a server can answer its client without a thread of its own waiting;
-        the callback must be quick and must not block on the session."""
+        the callback must be quick and must not block on the session.
+
+        Called on the I/O thread itself (from a watched fd's callback), the request is
+        queued without the lock: that thread is awake and takes it in its next round.
+        Every SEND_EVERY such requests go out at once, so that the target works on the
+        first requests of a client's burst while the rest are still being read."""
+        if get_ident() == self._io_ident:
+            self._check_accepting()
+            incoming = self._incoming
+            incoming.append(req)
+            if len(incoming) >= SEND_EVERY:
+                self._send_now()
+            return
         with self._lock:
-            if self._failure is not None:
-                raise self._failure
-            dead = self.core.dead
-            if dead is not None:  # until the target is back (the core probes for it)
-                raise dead
-            if self._closing:
-                raise DiskClosedError(f"AoE session {self.address} is closed")
+            self._check_accepting()
             self._incoming.append(req)
             self._rouse()
+
+    def _check_accepting(self) -> None:
+        """Raise why a new request cannot be taken, if it cannot."""
+        if self._failure is not None:
+            raise self._failure
+        dead = self.core.dead
+        if dead is not None:  # until the target is back (the core probes for it)
+            raise dead
+        if self._closing:
+            raise DiskClosedError(f"AoE session {self.address} is closed")
 
     def add_completion_hook(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` on the I/O thread after each round of completions (after the
@@ -248,7 +273,9 @@ class Session:
     def submit_read(self, lba: int, mv: memoryview,
                     on_done: Callable[[Request], None]) -> Request:
         """Start reading ``len(mv) // 512`` sectors from ``lba``; ``on_done`` reports."""
-        req = self._transfer(self._read_op(), lba, mv, on_done)
+        _check_sectors(mv)
+        cmd, aflags = _READ48 if self.lba48 else _READ28
+        req = Request(cmd, aflags, lba, len(mv) // SECTOR_SIZE, mv, on_done)
         self.submit(req)
         return req
 
@@ -256,7 +283,9 @@ class Session:
                      on_done: Callable[[Request], None]) -> Request:
         """Start writing the sectors in ``mv`` at ``lba``; ``on_done`` reports. ``mv``
         must stay unchanged until then: frames are sent straight from it."""
-        req = self._transfer(self._write_op(), lba, mv, on_done)
+        _check_sectors(mv)
+        cmd, aflags = _WRITE48 if self.lba48 else _WRITE28
+        req = Request(cmd, aflags, lba, len(mv) // SECTOR_SIZE, mv, on_done)
         self.submit(req)
         return req
 
@@ -360,6 +389,18 @@ class Session:
                 self._on_timer(now)
             elif got:
                 self._nap(got)
+
+    def _send_now(self) -> None:
+        """Put the queued requests' frames on the wire at once (I/O thread)."""
+        incoming = self._incoming
+        core = self.core
+        while incoming:
+            core.submit(incoming.popleft())
+        if core.pending:
+            core.next_frames(time.monotonic())
+        for pio in self._io:
+            if pio.tx.queued:
+                pio.tx.flush()
 
     def _on_events(self, events: list[tuple[int, int]], ports: dict[int, _PortIO],
                    now: float) -> int:
