@@ -7,11 +7,12 @@ data into the caller's buffer). Only the core calls are timed, in CPU time of th
 thread, so the figure is the core's own cost per frame without system calls; on a loaded
 machine it still varies (caches, clock rate): take the lowest of several runs.
 
-Two patterns: one long read answered a whole window at a time (the best case), and the
+Three patterns: one long read answered a whole window at a time (the best case), and the
 way `aoe copy` reads: three 4 MiB requests in flight, each replaced as it completes, the
 answers coming back in sending order a few dozen at a time (28 per batch is what
 recvmmsg returned on average under a 25 % CPU cap at MTU 1500), so requests take turns
-and the window opens a batch at a time.
+and the window opens a batch at a time; and 4 KiB requests (one frame each at MTU
+9000) kept 32 in flight, as fio drives `aoe nbd` in the random scenario.
 
 Usage: python tools/bench_core.py [--frames N] [--json]
 """
@@ -32,6 +33,7 @@ from aoe.protocol.fastpath import ANSWER_OK_VERFLAGS
 LOCAL = bytes.fromhex("020000000001")
 TARGET = bytes.fromhex("020000000002")
 DRDY = int(AtaStatus.DRDY)
+RANDOM_DEPTH = 32
 
 
 @dataclass
@@ -179,6 +181,9 @@ def main() -> None:
     for mtu, sectors in ((1500, 2), (9000, 17)):
         best = min(measure_copy(sectors, mtu, 28, args.copy_mib << 20) for _ in range(3))
         results[f"aoe copy pattern, MTU {mtu}"] = round(best * 1e6, 3)
+    best = min(measure_copy(17, 9000, RANDOM_DEPTH, args.copy_mib << 20, depth=RANDOM_DEPTH,
+                            chunk=4096) for _ in range(3))
+    results[f"4 KiB requests, {RANDOM_DEPTH} in flight, MTU 9000"] = round(best * 1e6, 3)
     if args.json:
         print(json.dumps(results, indent=2))
         return

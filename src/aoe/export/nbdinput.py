@@ -53,7 +53,7 @@ class Inbox:
         if req is None:
             if self._end - self._start < p.REQUEST_LEN and not self._fill(p.REQUEST_LEN, wait):
                 return None
-            req = p.parse_request(self._mv[self._start : self._start + p.REQUEST_LEN])
+            req = p.parse_request(self._buf, self._start)
             self._start += p.REQUEST_LEN
             if req.command != p.CMD_WRITE or not req.length:
                 return req, b""

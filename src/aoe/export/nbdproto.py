@@ -186,8 +186,12 @@ class Request(NamedTuple):
     length: int
 
 
-def parse_request(data: bytes | bytearray | memoryview) -> Request:
-    magic, flags, command, cookie, offset, length = _REQUEST.unpack(data)
+def parse_request(data: bytes | bytearray | memoryview, at: int | None = None) -> Request:
+    """The request header that is ``data`` (or that starts at ``at`` in it)."""
+    if at is None:
+        magic, flags, command, cookie, offset, length = _REQUEST.unpack(data)
+    else:
+        magic, flags, command, cookie, offset, length = _REQUEST.unpack_from(data, at)
     if magic != REQUEST_MAGIC:
         raise ProtocolError(f"bad request magic {magic:#x}")
     return Request(flags, command, cookie, offset, length)

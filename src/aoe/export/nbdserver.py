@@ -175,7 +175,8 @@ class Connection:
         self._workers = workers
         self._pool = pool  # shared with the server's other connections, or our own
         self._pending = 0  # weight of the requests taken in and not yet answered
-        self._idle = threading.Condition()  # guards _pending and _waiting
+        self._idle_lock = threading.Lock()  # guards _pending and _waiting; taken
+        self._idle = threading.Condition(self._idle_lock)  # alone where nobody waits
         self._waiting = False  # the reader waits for _pending to go down
         self._dev = export.dev
         self._local = threading.local()
@@ -418,7 +419,7 @@ class Connection:
         """Take every whole request that has arrived (on the device's I/O thread, never
         waiting): hand each on, or stop reading while MAX_QUEUED (by weight) are
         unanswered."""
-        inbox, idle, queue = self._inbox, self._idle, self._queue
+        inbox, idle_lock, queue = self._inbox, self._idle_lock, self._queue
         assert queue is not None
         try:
             while True:
@@ -433,7 +434,7 @@ class Connection:
                     log.debug("client disconnected (DISC)")
                     self._stop_reading(None)
                     break
-                with idle:
+                with idle_lock:
                     self._pending += _weight(req)
                 if not self._submit(req, payload):
                     queue.put(self, req, payload)
@@ -548,7 +549,7 @@ class Connection:
         return p.simple_reply(cookie)
 
     def _answered(self, weight: int) -> None:
-        with self._idle:
+        with self._idle_lock:
             self._pending -= weight
             if self._paused and self._pending < MAX_QUEUED:
                 self._read_again()

@@ -352,110 +352,117 @@ class SessionCore:
         """Cut pending requests into frames, into the outboxes, while some path has room
         in its window.
 
-        Frames are cut in runs: as many of the head request's frames as the window, the
-        target's buffers, the request's turn and the outbox allow, in one tight loop
-        (:meth:`_cut`) with the counters updated once per run. With several paths each
-        frame picks its path (round robin), so runs are one frame long there.
+        With one path, :meth:`_cut` sends as many frames as the window and the target's
+        buffers allow, request after request, in one tight loop with the counters updated
+        once. With several paths each frame picks its path (round robin), so runs are one
+        frame long there.
         """
         pending = self.pending
-        single = len(self.paths) == 1
-        path = last = self.paths[0]
-        while pending:
-            if single:
-                room = _room(path)
-            else:
+        if len(self.paths) == 1:
+            path = self.paths[0]
+            room = _room(path)
+            if pending and room > 0:
+                self._cut(path, room, now)
+        else:
+            path = self.paths[0]
+            while pending:
                 picked = self._pick_path()
                 if picked is None:
                     break
-                path = last = picked
-                room = 1
-            if room <= 0:
-                break
-            self._cut(pending[0], path, room, now)
+                path = picked
+                self._cut(path, 1, now)
         if self.next_check == INF and self.tags:
-            self.next_check = now + last.rto
+            self.next_check = now + path.rto
 
-    def _cut(self, req: Request, path: PathWindow, room: int, now: float) -> None:
-        """Send up to ``room`` frames of ``req`` (the head of pending) on ``path``, as the
-        request's turn and the outbox allow; rotate or drop the request as its turn or
-        its sectors run out. The first transmission of a frame is written out here
-        rather than through _transmit: this is a per-frame hot path."""
+    def _cut(self, path: PathWindow, room: int, now: float) -> None:
+        """Send up to ``room`` frames of the pending requests, from the head, on ``path``.
+
+        A request sends RUN_FRAMES frames in a row and then, if others wait, goes to the
+        back (adjacent sectors in a row let the target read or write them with one call);
+        it leaves pending once its last frame is cut. The first transmission of a frame
+        is written out here rather than through _transmit: this is the per-frame hot path,
+        and with small requests (random 4 KiB I/O) a per-request one too.
+        """
         pending = self.pending
         tx = path.tx
         q = tx.queued
-        if q == BATCH:
-            tx.flush()
-            q = 0
-        nodata = req.nodata
-        remaining = req.remaining
-        if nodata:
-            step, k = 0, 1  # a flush: one frame, no sectors
-        else:
-            step = path.frame_sectors
-            k = (remaining + step - 1) // step
-        run = self._turn
-        several = len(pending) > 1
-        if several and k > RUN_FRAMES - run:
-            k = RUN_FRAMES - run
-        if k > room:
-            k = room
-        if k > BATCH - q:
-            k = BATCH - q
         tags = self.tags
         txq = path.txq
         pack = ATA_TX.pack_into
         buf = tx.buf
         prefix = path.prefix
         index = path.index
-        aflags, cmd, bits = req.aflags, req.cmd, req.lba_bits
-        is_write, addr = req.is_write, req.addr
         data_addrs, data_lens = tx.data_addrs, tx.data_lens
+        step = path.frame_sectors
         seq = self._seq
         pseq = path.pseq
-        lba = req.next_lba
-        off = req.next_off
-        for _ in range(k):
-            n = remaining if remaining < step else step
-            nbytes = n * SECTOR_SIZE
-            seq = (seq + 1) & TAG_SEQ_MASK
-            tag = (seq << 8) | index
-            pseq += 1
-            frame = InFlight(req, lba, n, off, nbytes, path, tag, pseq, now)
-            tags[tag] = frame
-            txq.append(frame)
-            wire_lba = lba | bits
-            pack(buf, q * TX_HEAD, prefix, tag, aflags, 0, n, cmd, wire_lba & 0xFFFFFFFF,
-                 wire_lba >> 32)
-            if is_write:
-                data_addrs[q] = addr + off
-                data_lens[q] = nbytes
+        run = self._turn
+        cut = 0
+        while pending and cut < room:
+            if q == BATCH:
+                tx.queued = q
+                tx.flush()
+                q = 0
+            req = pending[0]
+            nodata = req.nodata
+            remaining = req.remaining
+            if nodata:
+                most, k = 0, 1  # a flush: one frame, no sectors
             else:
-                data_lens[q] = 0
-            q += 1
-            lba += n
-            off += nbytes
-            remaining -= n
+                most = step
+                k = (remaining + step - 1) // step
+            several = len(pending) > 1
+            if several and k > RUN_FRAMES - run:
+                k = RUN_FRAMES - run
+            if k > room - cut:
+                k = room - cut
+            if k > BATCH - q:
+                k = BATCH - q
+            aflags, cmd, bits = req.aflags, req.cmd, req.lba_bits
+            is_write, addr = req.is_write, req.addr
+            lba = req.next_lba
+            off = req.next_off
+            for _ in range(k):
+                n = remaining if remaining < most else most
+                nbytes = n * SECTOR_SIZE
+                seq = (seq + 1) & TAG_SEQ_MASK
+                tag = (seq << 8) | index
+                pseq += 1
+                frame = InFlight(req, lba, n, off, nbytes, path, tag, pseq, now)
+                tags[tag] = frame
+                txq.append(frame)
+                wire_lba = lba | bits
+                pack(buf, q * TX_HEAD, prefix, tag, aflags, 0, n, cmd, wire_lba & 0xFFFFFFFF,
+                     wire_lba >> 32)
+                if is_write:
+                    data_addrs[q] = addr + off
+                    data_lens[q] = nbytes
+                else:
+                    data_lens[q] = 0
+                q += 1
+                lba += n
+                off += nbytes
+                remaining -= n
+            cut += k
+            req.next_lba = lba
+            req.next_off = off
+            req.frames_out += k
+            req.remaining = remaining = 0 if nodata else remaining
+            if remaining == 0:
+                pending.popleft()
+                run = 0
+            elif several:
+                run += k
+                if run >= RUN_FRAMES:
+                    pending.rotate(-1)
+                    run = 0
         tx.queued = q
         self._seq = seq
+        self._turn = run
         path.pseq = pseq
-        path.outstanding += k
-        path.budget.outstanding += k
-        path.sent += k
-        req.next_lba = lba
-        req.next_off = off
-        req.frames_out += k
-        req.remaining = remaining = 0 if nodata else remaining
-        if remaining == 0:
-            pending.popleft()
-            self._turn = 0
-        elif several:
-            # Take turns between requests, RUN_FRAMES frames at a time: adjacent
-            # sectors in a row let the target read or write them with one call.
-            run += k
-            if run >= RUN_FRAMES:
-                pending.rotate(-1)
-                run = 0
-            self._turn = run
+        path.outstanding += cut
+        path.budget.outstanding += cut
+        path.sent += cut
 
     def _queue_frame(self, frame: InFlight, path: PathWindow, tag: int) -> None:
         """Put the frame in the path's outbox: its header in a slot, a write's data

@@ -38,7 +38,9 @@ class _RangeLock:
     start (one bisection, not a scan of everything held: every write takes a range)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())  # never taken twice by one thread
+        # The lock alone where nobody waits: a Condition's own `with` is Python code.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._starts: list[int] = []  # held ranges' first sectors, sorted
         self._ends: dict[int, int] = {}  # first sector -> one past the last
         self._waiters = 0  # threads waiting in hold(): only then is a wake-up needed
@@ -63,7 +65,7 @@ class _RangeLock:
         (Once per asynchronous write: _free and _take written out.)"""
         stop = end if end > start else start + 1
         starts = self._starts
-        with self._cond:
+        with self._lock:
             i = bisect_left(starts, stop)
             if i and self._ends[starts[i - 1]] > start:
                 return None
@@ -82,7 +84,7 @@ class _RangeLock:
         return (start, end)
 
     def give_back(self, span: tuple[int, int]) -> None:
-        with self._cond:
+        with self._lock:
             start = span[0]
             del self._ends[start]
             del self._starts[bisect_left(self._starts, start)]
