@@ -20,6 +20,16 @@ def test_buffer_address_of_bytes_bytearray_and_slices() -> None:
     assert ctypes.string_at(buffer_address(view), 4) == b"cdef"
     with pytest.raises((BufferError, TypeError)):
         buffer_address(memoryview(ba)[::2])  # not contiguous
+    # A write's payload: bytes, or a whole view of them (found from the object's id),
+    # never confused with a part of one or a reversed view of the same length.
+    payload = bytes(range(256)) * 16
+    whole = memoryview(payload)
+    assert buffer_address(whole) == buffer_address(payload) == buffer_address(whole[0:])
+    assert ctypes.string_at(buffer_address(whole), len(payload)) == payload
+    assert buffer_address(whole[100:]) == buffer_address(payload) + 100
+    assert ctypes.string_at(buffer_address(whole.cast("I")), 8) == payload[:8]
+    with pytest.raises((BufferError, TypeError)):
+        buffer_address(whole[::-1])
 
 
 def test_gather_batch_sends_header_then_data_in_one_call() -> None:

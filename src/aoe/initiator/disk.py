@@ -61,17 +61,11 @@ class _RangeLock:
             self.give_back(span)
 
     def try_take(self, start: int, end: int) -> tuple[int, int] | None:
-        """Lock the range if nothing overlapping is held (never waits); the held span.
-        (Once per asynchronous write: _free and _take written out.)"""
-        stop = end if end > start else start + 1
-        starts = self._starts
+        """Lock the range if nothing overlapping is held (never waits); the held span."""
         with self._lock:
-            i = bisect_left(starts, stop)
-            if i and self._ends[starts[i - 1]] > start:
+            if not self._free(start, end):
                 return None
-            starts.insert(i, start)
-            self._ends[start] = stop
-        return (start, end)
+            return self._take(start, end)
 
     def _free(self, start: int, end: int) -> bool:
         end = max(end, start + 1)  # an empty range still owns its place
@@ -334,13 +328,10 @@ class AoeDisk:
             raise DiskClosedError(f"AoE disk {self.address} is closed")
 
     def _submittable(self, offset: int, length: int) -> bool:
-        """Whether a request may go the asynchronous way: whole sectors, not empty (the
-        once-per-request check of :meth:`_span` with the alignment, in one place)."""
-        if self._closed:
-            raise DiskClosedError(f"AoE disk {self.address} is closed")
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise ValueError(f"range {offset}+{length} is outside the disk ({self.size} bytes)")
-        return length > 0 and not (offset | length) & (SECTOR_SIZE - 1)
+        """Whether a request may go the asynchronous way: inside the disk (else the error
+        :meth:`_span` raises), whole sectors, not empty."""
+        self._span(offset, length)
+        return length > 0 and _aligned(offset, length)
 
     def _span(self, offset: int, length: int) -> tuple[int, int]:
         """First sector and one past the last sector covering [offset, offset+length)."""
