@@ -19,7 +19,7 @@ import pytest
 from aoe.export.blockdev import FileBlockDevice
 from aoe.export.fuse import mounted
 
-from .support.export import random_image, run, sha256, umount_quietly
+from .support.export import random_image, run, sha256, terminal_signals, umount_quietly
 
 AOE = str(Path(sys.executable).with_name("aoe"))
 
@@ -268,7 +268,8 @@ def test_aoe_mount_foreground_unmounts_on_signal(tmp_path: Path, sig: int) -> No
     random_image(image, 1 << 20)
     mp.mkdir()
     proc = subprocess.Popen([AOE, "mount", "--foreground", f"file:{image}", str(mp)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=terminal_signals)  # noqa: PLW1509 - only signal()
     try:
         wait_mounted(mp, proc)
         proc.send_signal(sig)

@@ -20,7 +20,7 @@ import pytest
 
 from aoe.lab import Host, Lab
 
-from .support.export import random_image, umount_quietly
+from .support.export import random_image, terminal_signals, umount_quietly
 from .support.initiator import AOE_BIN, SHELF, SLOT, start_target, wait_answering, write_image
 
 ADDR = f"{SHELF}.{SLOT}"
@@ -28,14 +28,9 @@ SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM
 STOP_WITHIN = 1.0  # seconds from the signal to the exit (the aim is 0.5 s; the box is shared)
 
 
-def _default_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 def start(host: Host | None, argv: list[str], cwd: Path) -> subprocess.Popen[Any]:
     kw: dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=cwd, preexec_fn=_default_signals)
+                              cwd=cwd, preexec_fn=terminal_signals)
     if host is None:
         return subprocess.Popen(argv, start_new_session=True, **kw)
     return host.popen(argv, **kw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -13,6 +14,14 @@ from pathlib import Path
 
 from aoe.export import nbdproto as p
 from aoe.export.blockdev import BlockDevice
+
+
+def terminal_signals() -> None:
+    """A child's SIGINT and SIGTERM at their defaults, as a terminal's Ctrl-C finds them
+    (``preexec_fn``): a background job of a script, as `make test` may be, starts with
+    SIGINT ignored, and the child would inherit that."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def random_image(path: Path, size: int, seed: int = 0) -> bytes:
