@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from aoe.export.blockdev import FileBlockDevice
-from aoe.export.nbdserver import NbdServer
+from aoe.export.nbdserver import NbdServer, serve_nbd
 
 from .support.export import CountFlushes, random_image, run, sha256, umount_quietly
 
@@ -232,3 +232,19 @@ def test_aoe_nbd_command_errors(tmp_path: Path) -> None:
         done = run([AOE, "nbd", *argv], check=False, timeout=30)
         assert done.returncode != 0 and words in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_signal_as_soon_as_the_socket_listens_stops_cleanly(image: Path,
+                                                               tmp_path: Path) -> None:
+    """The stop handlers are in place before the socket listens: a SIGINT sent the moment
+    a client could connect ends the server with that signal, never a KeyboardInterrupt
+    (which `aoe nbd` reported as "Aborted!" with status 1)."""
+    sock = tmp_path / "early.sock"
+    dev = FileBlockDevice(image)
+    try:
+        got = serve_nbd(dev, socket_path=sock,
+                        ready=lambda _srv: os.kill(os.getpid(), signal.SIGINT))
+    finally:
+        dev.close()
+    assert got == signal.SIGINT
+    assert not sock.exists()

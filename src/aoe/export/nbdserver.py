@@ -927,15 +927,16 @@ def serve_nbd(
     the signal that ended it, if one did.
     """
     stop = stop or threading.Event()
-    with NbdServer(dev, socket_path=socket_path, host=host, port=port, name=name,
-                   read_only=read_only, workers=workers) as server:
+    # The handlers first: a client (or a script) may signal as soon as the socket listens.
+    with StopOnSignals(stop) as stopper, NbdServer(
+            dev, socket_path=socket_path, host=host, port=port, name=name,
+            read_only=read_only, workers=workers) as server:
         server.start()
         if ready is not None:
             ready(server)
-        with StopOnSignals(stop) as stopper:
-            while not stop.wait(0.1):  # a signal is noticed at once
-                pass
-        return stopper.signum
+        while not stop.wait(0.1):  # a signal is noticed at once
+            pass
+    return stopper.signum
 
 
 class StopOnSignals:
