@@ -196,7 +196,6 @@ class Connection:
         # Devices that complete requests on their own thread (see _submit), looked up once.
         self._submit_read: Submit | None = getattr(self._dev, "submit_read", None)
         self._submit_write: Submit | None = getattr(self._dev, "submit_write", None)
-        self._size = export.size  # what the client was told
 
     # -- I/O helpers -----------------------------------------------------------------
 
@@ -500,33 +499,22 @@ class Connection:
         on its own thread (an AoE disk): no worker waits, and the reply is sent from the
         completion. False leaves the request to the workers.
 
-        This runs once per request on the device's I/O thread, so it decides with plain
-        comparisons and builds the reply's header before the data comes."""
-        length = req.length
-        if not 0 < length <= ASYNC_MAX or req.offset + length > self._size:
+        The reply for success is made here, before the data comes."""
+        kind = self.merge_kind(req)
+        if kind is None or req.length > ASYNC_MAX or (kind == p.CMD_WRITE and req.flags):
             return False
-        command, flags = req.command, req.flags
-        parts: list[Reply]
-        if command == p.CMD_READ:
-            submit = self._submit_read
-            if submit is None or (flags and (not self.structured or flags & ~p.CMD_FLAG_DF)):
-                return False
-            data = memoryview(bytearray(length))
-            parts = [self._read_header(req.cookie, req.offset, length), data]
-        elif command == p.CMD_WRITE:
-            submit = self._submit_write
-            if submit is None or flags or self.export.read_only:
-                return False
-            data = memoryview(payload)
-            parts = [p.simple_reply(req.cookie)]
-        else:
+        reading = kind == p.CMD_READ
+        submit = self._submit_read if reading else self._submit_write
+        if submit is None:
             return False
+        data = memoryview(bytearray(req.length)) if reading else memoryview(payload)
+        parts = self._reply_parts(req, 0, data if reading else b"")
 
         def done(exc: BaseException | None) -> None:
             reply = parts
             if exc is not None:
-                log.warning("%s at %d+%d failed: %s", p.CMD_NAMES.get(command),
-                            req.offset, length, exc)
+                log.warning("%s at %d+%d failed: %s", p.CMD_NAMES.get(kind),
+                            req.offset, req.length, exc)
                 reply = self._reply_parts(req, p.error_from_exception(exc), b"")
             if self._unhook is not None and not refused:
                 self._outbox += reply  # sent, and counted, by _send_outbox
@@ -541,12 +529,6 @@ class Connection:
             refused = True
             done(exc)
             return True
-
-    def _read_header(self, cookie: int, offset: int, length: int) -> bytes:
-        """What goes before a successful read's data."""
-        if self.structured:
-            return p.structured_data_header(cookie, offset, length)
-        return p.simple_reply(cookie)
 
     def _answered(self, weight: int) -> None:
         with self._idle_lock:

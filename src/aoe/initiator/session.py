@@ -273,9 +273,7 @@ class Session:
     def submit_read(self, lba: int, mv: memoryview,
                     on_done: Callable[[Request], None]) -> Request:
         """Start reading ``len(mv) // 512`` sectors from ``lba``; ``on_done`` reports."""
-        _check_sectors(mv)
-        cmd, aflags = _READ48 if self.lba48 else _READ28
-        req = Request(cmd, aflags, lba, len(mv) // SECTOR_SIZE, mv, on_done)
+        req = self._transfer(self._read_op(), lba, mv, on_done)
         self.submit(req)
         return req
 
@@ -283,9 +281,7 @@ class Session:
                      on_done: Callable[[Request], None]) -> Request:
         """Start writing the sectors in ``mv`` at ``lba``; ``on_done`` reports. ``mv``
         must stay unchanged until then: frames are sent straight from it."""
-        _check_sectors(mv)
-        cmd, aflags = _WRITE48 if self.lba48 else _WRITE28
-        req = Request(cmd, aflags, lba, len(mv) // SECTOR_SIZE, mv, on_done)
+        req = self._transfer(self._write_op(), lba, mv, on_done)
         self.submit(req)
         return req
 
@@ -364,22 +360,11 @@ class Session:
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         poller.register(self._wake, select.POLLIN)
-        incoming = self._incoming
-        ios = self._io
         core = self.core
-        pending = core.pending
         while True:
-            if incoming:
-                submit = core.submit
-                while incoming:
-                    submit(incoming.popleft())
             if self._closing or self._failure is not None:
-                return
-            if pending:
-                core.next_frames(time.monotonic())
-            for pio in ios:
-                if pio.tx.queued:
-                    pio.tx.flush()
+                return  # what is queued fails with the session (_fail_requests)
+            self._send_now()
             if core.completed:
                 self._release_completed()
             events = self._wait(poller, core.next_check)
@@ -391,7 +376,8 @@ class Session:
                 self._nap(got)
 
     def _send_now(self) -> None:
-        """Put the queued requests' frames on the wire at once (I/O thread)."""
+        """Hand the queued requests to the core and put every frame its windows allow
+        on the wire (I/O thread: each round, and mid-round for a burst, see submit)."""
         incoming = self._incoming
         core = self.core
         while incoming:
