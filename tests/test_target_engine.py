@@ -55,9 +55,19 @@ def export(image: Path, tmp_path: Path) -> Store:
     e.close()
 
 
-@pytest.fixture
-def engine(export: Store) -> Engine:
-    return Engine([export], TARGET, 1500)
+@pytest.fixture(params=["python", "compiled"])
+def engine(export: Store, request: pytest.FixtureRequest) -> Engine:
+    """Each test once per burst path: the Python reference and the compiled one."""
+    e = Engine([export], TARGET, 1500)
+    use_burst_path(e, request.param)
+    return e
+
+
+def use_burst_path(engine: Engine, path: str) -> None:
+    if path == "python":
+        engine.respond_batch = engine._respond_batch_python  # type: ignore[method-assign]
+    elif not engine.accelerated:
+        pytest.skip("the compiled burst path was not built")
 
 
 def ata(opcode: int, lba: int = 0, count: int = 0, data: bytes = b"", *, ext: bool = True,
@@ -572,6 +582,7 @@ def test_burst_of_adjacent_writes_is_one_pwritev(engine: Engine, image: Path,
         return real(fd, bufs, pos)
 
     monkeypatch.setattr(os, "pwritev", counting)
+    use_burst_path(engine, "python")  # counts the Python path's calls
     data = os.urandom(8 * 1024)
     frames = [ata(AtaOpcode.WRITE_SECTORS_EXT, 40 + 2 * i, 2, data[i * 1024:(i + 1) * 1024],
                   tag=i) for i in range(8)]
@@ -600,6 +611,7 @@ def test_burst_write_failure_hits_only_the_frames_that_fail(
         return real_write(self, view, pos)
 
     monkeypatch.setattr(os, "pwritev", broken)
+    use_burst_path(engine, "python")  # the compiled path's failures: test_target_burst.py
     monkeypatch.setattr(Store, "write_from", flaky)
     data = os.urandom(4 * 1024)
     frames = [ata(AtaOpcode.WRITE_SECTORS_EXT, 60 + 2 * i, 2, data[i * 1024:(i + 1) * 1024],

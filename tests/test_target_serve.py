@@ -185,9 +185,34 @@ def test_counters_on_sigusr1_and_exit_as_json(two_hosts: TwoHosts, client: Clien
     assert rt.proc.returncode == 130  # 128 + SIGINT
 
 
-def test_fuzzed_frames_then_correct_data(two_hosts: TwoHosts, served: RunningTarget,
+@pytest.mark.parametrize("accel", ["1", "0"], ids=["compiled", "python"])
+def test_burst_path_named_in_the_ready_line(two_hosts: TwoHosts, tmp_path: Path,
+                                            accel: str) -> None:
+    """AOE_ACCEL=0 keeps the Python burst path; by default the compiled one serves (the
+    install builds it where a C compiler is found, as `make setup` provides)."""
+    rt = start_pyaoe(two_hosts, make_image(tmp_path / "d.img", 1 << 20), tmp_path / "st",
+                     "--json", env={"AOE_ACCEL": accel})
+    try:
+        (port,) = json.loads(rt.first_line)["ready"]["ports"]
+        assert port["compiled_burst_path"] is (accel == "1")
+    finally:
+        rt.stop(two_hosts.lab)
+
+
+@pytest.fixture(params=["1", "0"], ids=["compiled", "python"])
+def served_both(request: pytest.FixtureRequest, two_hosts: TwoHosts,
+                tmp_path: Path) -> Iterator[RunningTarget]:
+    """`aoe serve` on each burst path in turn."""
+    rt = start_pyaoe(two_hosts, make_image(tmp_path / "disk.img", 8 << 20), tmp_path / "state",
+                     env={"AOE_ACCEL": request.param})
+    yield rt
+    rt.stop(two_hosts.lab)
+
+
+def test_fuzzed_frames_then_correct_data(two_hosts: TwoHosts, served_both: RunningTarget,
                                         client: Client) -> None:
     """10,000 random and mutated frames; the target must still answer correctly."""
+    served = served_both
     rng = random.Random(99)
     mac, sh, sl = served.mac, served.shelf, served.slot
     seeds = [

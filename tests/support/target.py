@@ -162,11 +162,14 @@ def target_mac(th: TwoHosts) -> bytes:
 
 
 def start_pyaoe(th: TwoHosts, image: Path, state_dir: Path, *args: str, shelf: int = SHELF,
-                slot: int = SLOT, ready_timeout: float = 15.0) -> RunningTarget:
-    """Run `aoe serve` in the target host and wait for its "ready" line."""
+                slot: int = SLOT, ready_timeout: float = 15.0,
+                env: dict[str, str] | None = None) -> RunningTarget:
+    """Run `aoe serve` in the target host (with ``env`` added to its environment) and wait
+    for its "ready" line."""
     argv = aoe_cmd("serve", "--state-dir", str(state_dir), *args, "eth0", f"{shelf}.{slot}",
                    str(image))
-    proc = th.target.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = th.target.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, **(env or {})})
     line = _read_line(proc, ready_timeout)
     if not line.startswith("ready") and not line.startswith('{"ready"'):
         out, err = proc.communicate(timeout=5)

@@ -207,7 +207,8 @@ def _print_ready(target: Target, as_json: bool) -> None:
     if as_json:
         ports = [{"interface": p.name, "mac": format_mac(p.sock.mac), "mtu": p.sock.mtu,
                   "max_sectors": p.engine.max_sectors, "buffer_count": p.engine.buffer_count,
-                  "exports": [e.spec.name for e in p.engine.exports]} for p in target.ports]
+                  "exports": [e.spec.name for e in p.engine.exports],
+                  "compiled_burst_path": p.engine.accelerated} for p in target.ports]
         click.echo(json.dumps({"ready": {"pid": os.getpid(), "ports": ports}}))
     else:
         for p in target.ports:

@@ -19,7 +19,8 @@ of padded frames out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 
 from ..protocol import fastpath as fp
 from ..protocol import frames as fr
@@ -49,6 +50,26 @@ from .counters import Counters
 from .store import Store
 
 log = logging.getLogger("aoe.target")
+
+# The compiled burst path (_burst.c), when the install could build it. AOE_ACCEL=0 keeps
+# the pure-Python path, which is the reference either way.
+BurstFn = Callable[[list[memoryview], Sequence[int], int, int, list[int], bytes,
+                    dict[bytes, Store], int, float],
+                   tuple[int, int, int, int, int, int,
+                         tuple[Store, bool, int, int, list[int]] | None]]
+
+
+def _load_burst() -> BurstFn | None:
+    if os.environ.get("AOE_ACCEL", "1") == "0":
+        return None
+    try:
+        from ._burst import burst
+    except ImportError:
+        return None
+    return burst
+
+
+COMPILED_BURST: BurstFn | None = _load_burst()
 
 HEADER = fr.HEADER
 ATA_ARGS = fr.ATA_ARGS
@@ -158,6 +179,21 @@ class Engine:
         self._mask_room = min(255, (self.frame_size - fr.MASK_ARGS.size - HEADER.size) // 8)
         self._reserve_room = min(255, (self.frame_size - fr.RESERVE_ARGS.size - HEADER.size) // 6)
         self.now = 0.0  # wall-clock time of the current burst (set by the server loop)
+        self._compiled = COMPILED_BURST
+        self._pick_burst_path()
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether bursts go through the compiled path (_burst.c)."""
+        return self.respond_batch == self._respond_batch_compiled
+
+    def _pick_burst_path(self) -> None:
+        """The compiled path serves bursts unless it is missing or an export reads and
+        writes through O_DIRECT's bounce buffer, which only the Python path has."""
+        if self._compiled is not None and not any(e.direct for e in self.exports):
+            self.respond_batch = self._respond_batch_compiled  # type: ignore[method-assign]
+        else:
+            self.respond_batch = self._respond_batch_python  # type: ignore[method-assign]
 
     def set_exports(self, exports: Sequence[Store]) -> None:
         """Serve exactly ``exports`` from the next frame on (between bursts: a reload)."""
@@ -167,6 +203,7 @@ class Engine:
         self._by_addr = {e.shelf.to_bytes(2, "big") + bytes([e.slot]): e for e in exports}
         self._by_key = by_key
         self.exports = list(exports)
+        self._pick_burst_path()
 
     # --- public entry points ------------------------------------------------------------
     def handle(self, frame: bytes | bytearray | memoryview) -> list[bytes]:
@@ -209,6 +246,52 @@ class Engine:
 
     def respond_batch(self, views: Sequence[memoryview], lengths: Sequence[int], n: int,
                       out: list[int]) -> int:
+        """Answer a burst in place (see :meth:`_respond_batch_python`): the compiled path
+        when there is one, else the Python path. Replaced per engine at construction."""
+        return self._respond_batch_python(views, lengths, n, out)
+
+    def _respond_batch_compiled(self, views: Sequence[memoryview], lengths: Sequence[int],
+                                n: int, out: list[int]) -> int:
+        """The burst through _burst.c, which answers the plain READs and WRITEs exactly as
+        :meth:`_respond_batch_python` does and hands back, in order, each frame it leaves
+        to the general code (answered here with :meth:`respond_in_place`) and each run the
+        store did not take whole (finished here with :meth:`_flush_run`)."""
+        burst = self._compiled
+        assert burst is not None
+        c = self.counters
+        mac = self.mac
+        by_addr = self._by_addr
+        max_sectors = self.max_sectors
+        now = self.now
+        views = views if type(views) is list else list(views)
+        i = replies = 0
+        while i < n:
+            i, done, reads, bread, writes, bwritten, failed = burst(
+                views, lengths, i, n, out, mac, by_addr, max_sectors, now)
+            replies += done
+            if reads:
+                c.reads += reads
+                c.bytes_read += bread
+            if writes:
+                c.writes += writes
+                c.bytes_written += bwritten
+            if failed is not None:
+                exp, write, pos, end, idx = failed
+                bufs = [views[j][ATA_HEADER_LEN : ATA_HEADER_LEN + (views[j][26] << 9)]
+                        for j in idx]
+                self._flush_run(exp, write, pos, end, bufs, idx, views, out)
+                continue
+            if i < n:
+                v = views[i]
+                r = self.respond_in_place(v, v, lengths[i])
+                out[i] = r
+                if r > 0:
+                    replies += 1
+                i += 1
+        return replies
+
+    def _respond_batch_python(self, views: Sequence[memoryview], lengths: Sequence[int],
+                              n: int, out: list[int]) -> int:
         """Fast path for a burst: answer frames ``views[0..n-1]`` in place.
 
         ``out[i]`` receives what :meth:`respond_in_place` would return for frame i (reply

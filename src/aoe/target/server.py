@@ -190,7 +190,8 @@ class Target:
                 extra={"interface": ifs.name, "mtu": sock.mtu, "mac": format_mac(sock.mac),
                        "exports": [e.spec.name for e in served],
                        "max_sectors": port.engine.max_sectors,
-                       "buffer_count": port.engine.buffer_count},
+                       "buffer_count": port.engine.buffer_count,
+                       "compiled_burst_path": port.engine.accelerated},
             )
         self.fit_mask_limits()
         for e in self.exports:
