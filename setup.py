@@ -1,18 +1,19 @@
 """The optional compiled accelerator; everything else is in pyproject.toml.
 
 ``optional=True``: where no C compiler or Python headers are found, the install goes on
-without it and the pure-Python path serves (see docs/target.md, "The compiled burst path").
+without them and the Python paths serve (docs/target.md, "The compiled burst path";
+docs/initiator.md, "The compiled answer loop").
 """
 
 from setuptools import Extension, setup
 
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
+
 setup(
     ext_modules=[
-        Extension(
-            "aoe.target._burst",
-            ["src/aoe/target/_burst.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
-            optional=True,
-        )
+        Extension("aoe.target._burst", ["src/aoe/target/_burst.c"], extra_compile_args=FLAGS,
+                  optional=True),
+        Extension("aoe.initiator._answers", ["src/aoe/initiator/_answers.c"],
+                  extra_compile_args=FLAGS, optional=True),
     ]
 )

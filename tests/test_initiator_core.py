@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from aoe.initiator import core as core_module
 from aoe.initiator.core import (
     BATCH,
     NAP_FRAMES,
@@ -55,6 +56,17 @@ RTT0 = 0.001
 MIN_RTO, MAX_RTO = 0.02, 1.0
 DEAD = 5.0
 SLOT_SIZE = 2048
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def answer_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every core test once per answer loop: the Python reference and the compiled one
+    (the other core test modules import this fixture)."""
+    if request.param == "python":
+        monkeypatch.setattr(core_module, "COMPILED_ANSWERS", None)
+    elif core_module.COMPILED_ANSWERS is None:
+        pytest.skip("the compiled answer loop was not built")
+    return str(request.param)
 
 
 @dataclass

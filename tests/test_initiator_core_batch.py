@@ -10,7 +10,13 @@ from aoe.initiator.core import BATCH, RUN_FRAMES, Request
 from aoe.initiator.errors import AtaCommandError
 from aoe.protocol import SECTOR_SIZE, AtaBody, AtaFlag, AtaOpcode, AtaStatus
 
-from .test_initiator_core import SECTORS, SLOT_SIZE, Harness, Sent
+from .test_initiator_core import (
+    SECTORS,
+    SLOT_SIZE,
+    Harness,
+    Sent,
+    answer_loop,  # noqa: F401 - both answer loops
+)
 
 
 def frame_order(sizes: list[int], limit: int) -> list[tuple[int, int]]:

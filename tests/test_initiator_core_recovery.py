@@ -20,7 +20,14 @@ from aoe.protocol import (
     response_to,
 )
 
-from .test_initiator_core import DEAD, SLOT, TARGET_MACS, Harness, Sent
+from .test_initiator_core import (
+    DEAD,
+    SLOT,
+    TARGET_MACS,
+    Harness,
+    Sent,
+    answer_loop,  # noqa: F401 - both answer loops
+)
 
 SERIAL = "SAME-DEVICE-0001"
 
