@@ -2,7 +2,7 @@
 
 ``optional=True``: where no C compiler or Python headers are found, the install goes on
 without them and the Python paths serve (docs/target.md, "The compiled burst path";
-docs/initiator.md, "The compiled answer loop").
+docs/initiator.md, "The compiled core loops").
 """
 
 from setuptools import Extension, setup
@@ -13,7 +13,7 @@ setup(
     ext_modules=[
         Extension("aoe.target._burst", ["src/aoe/target/_burst.c"], extra_compile_args=FLAGS,
                   optional=True),
-        Extension("aoe.initiator._answers", ["src/aoe/initiator/_answers.c"],
+        Extension("aoe.initiator._compiled", ["src/aoe/initiator/_compiled.c"],
                   extra_compile_args=FLAGS, optional=True),
     ]
 )

@@ -59,13 +59,13 @@ SLOT_SIZE = 2048
 
 
 @pytest.fixture(autouse=True, params=["python", "compiled"])
-def answer_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every core test once per answer loop: the Python reference and the compiled one
+def core_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every core test once per kind of loop: the Python reference and the compiled one
     (the other core test modules import this fixture)."""
     if request.param == "python":
-        monkeypatch.setattr(core_module, "COMPILED_ANSWERS", None)
-    elif core_module.COMPILED_ANSWERS is None:
-        pytest.skip("the compiled answer loop was not built")
+        monkeypatch.setattr(core_module, "COMPILED", None)
+    elif core_module.COMPILED is None:
+        pytest.skip("the compiled core loops were not built")
     return str(request.param)
 
 

@@ -15,7 +15,7 @@ from .test_initiator_core import (
     SLOT_SIZE,
     Harness,
     Sent,
-    answer_loop,  # noqa: F401 - both answer loops
+    core_loops,  # noqa: F401 - both kinds of loop
 )
 
 

@@ -26,7 +26,7 @@ from .test_initiator_core import (
     TARGET_MACS,
     Harness,
     Sent,
-    answer_loop,  # noqa: F401 - both answer loops
+    core_loops,  # noqa: F401 - both kinds of loop
 )
 
 SERIAL = "SAME-DEVICE-0001"

@@ -106,11 +106,13 @@ NAP_MIN = 0.0002
 NAP_MAX = 0.002
 INF = float("inf")
 
-# The compiled answer loop (_answers.c), when the install could build it. AOE_ACCEL=0
-# keeps the Python loop, which is the reference either way.
+# The compiled core loops (_compiled.c), when the install could build them. AOE_ACCEL=0
+# keeps the Python loops, which are the reference either way.
 AnswersFn = Callable[[dict[int, "InFlight"], list[PathWindow], list["Request"],
                       Callable[[PathWindow, float], None], float, object, Any, Sequence[int],
                       int, int, int, bytes], tuple[int, int]]
+CutFn = Callable[[deque["Request"], dict[int, "InFlight"], PathWindow, int, float, int, int],
+                 tuple[int, int]]
 
 
 
@@ -203,19 +205,19 @@ class InFlight:
         self.fast = False  # resent because later frames were answered first
 
 
-def _load_answers() -> AnswersFn | None:
-    """The compiled loop, told where the fields of the classes it reads live."""
+def _load_compiled() -> tuple[AnswersFn, CutFn] | None:
+    """The compiled loops, told where the fields of the classes they use live."""
     if os.environ.get("AOE_ACCEL", "1") == "0":
         return None
     try:
-        from ._answers import answers, configure
+        from ._compiled import answers, configure, cut
     except ImportError:
         return None
     configure(InFlight, Request, PathWindow, MacBudget)
-    return answers
+    return answers, cut
 
 
-COMPILED_ANSWERS: AnswersFn | None = _load_answers()
+COMPILED: tuple[AnswersFn, CutFn] | None = _load_compiled()
 
 
 @dataclass
@@ -296,7 +298,8 @@ class SessionCore:
         self._rr = 0
         self._turn = 0  # frames cut in a row from the request at the head of pending
         self._rx_views: dict[tuple[int, int, int], tuple[memoryview, list[memoryview]]] = {}
-        self._compiled_answers = COMPILED_ANSWERS
+        self._compiled_answers: AnswersFn | None = COMPILED[0] if COMPILED else None
+        self._compiled_cut: CutFn | None = COMPILED[1] if COMPILED else None
 
     @property
     def address(self) -> str:
@@ -400,6 +403,16 @@ class SessionCore:
             self.next_check = now + path.rto
 
     def _cut(self, path: PathWindow, room: int, now: float) -> None:
+        """Send up to ``room`` frames of the pending requests on ``path``: through the
+        compiled loop when there is one, else :meth:`_cut_python`."""
+        fast = self._compiled_cut
+        if fast is None:
+            self._cut_python(path, room, now)
+        else:
+            self._seq, self._turn = fast(self.pending, self.tags, path, room, now, self._seq,
+                                         self._turn)
+
+    def _cut_python(self, path: PathWindow, room: int, now: float) -> None:
         """Send up to ``room`` frames of the pending requests, from the head, on ``path``.
 
         A request sends RUN_FRAMES frames in a row and then, if others wait, goes to the
@@ -542,7 +555,7 @@ class SessionCore:
         ``i * size`` in ``buf`` (``mv`` is a memoryview of it). Read data goes straight
         from there into the callers' buffers.
 
-        With the compiled answer loop, it takes the clean answers and stops at any other
+        With the compiled loop, it takes the clean answers and stops at any other
         frame, which :meth:`_on_answers_python` takes alone before the loop goes on.
         """
         fast = self._compiled_answers

@@ -1,8 +1,8 @@
 /*
- * aoe.initiator._answers: the session core's answer loop, compiled.
+ * aoe.initiator._compiled: the session core's two per-frame loops, compiled.
  *
- * An optional accelerator for SessionCore.on_answers (core.py), which stays the
- * reference and the owner of every rule: this module takes only the clean answer, the one
+ * Optional accelerators for SessionCore.on_answers and SessionCore._cut (core.py), which
+ * stay the reference and the owners of every rule. answers() takes only the clean answer, the one
  * that loop handles most often (a good ATA answer from the right MAC on the right port,
  * of the right length, to the latest transmission of an outstanding frame, on a path
  * that has not been timing out). For it, it does what core.py does, in the same order:
@@ -12,7 +12,10 @@
  * the sending order trimmed (through SessionCore._drop_answered unless the head simply
  * moves on). At any other frame it stops before touching anything and returns its index;
  * core.py handles that frame and calls again for the rest, so answers are taken in
- * arrival order. The tests of the core run on both paths.
+ * arrival order. cut() is _cut written out: the same turns of RUN_FRAMES frames, the same
+ * tags, the same InFlight records (made as InFlight.__init__ makes them) and the same
+ * header slots. The tests of the core run on both paths, and
+ * tests/test_initiator_compiled.py compares two cores step by step.
  *
  * The byte offsets are those of aoe.protocol.fastpath.ATA_ANSWER.
  */
@@ -33,14 +36,20 @@ enum {
     A_REQ, A_NBYTES, A_TAG, A_IO, A_TARGET_MAC, A_LAST_RX, A_TIMEOUTS_IN_ROW, A_IS_WRITE,
     A_NODATA, A_MV, A_OFF, A_PATH, A_ANSWERED, A_TRIES, A_SENT, A_SRTT, A_SAMPLE_RTT, A_CWND,
     A_SSTHRESH, A_LIMIT, A_DELAY_TARGET, A_PSEQ, A_HIGH, A_DONE, A_OLD_TAGS, A_OUTSTANDING,
-    A_BUDGET, A_FRAMES_OUT, A_REMAINING, A_ERROR, A_TXQ, A_POPLEFT, N_NAMES
+    A_BUDGET, A_FRAMES_OUT, A_REMAINING, A_ERROR, A_TXQ, A_POPLEFT, A_LBA, A_COUNT, A_FIRST,
+    A_FAST, A_TX, A_PREFIX, A_INDEX, A_FRAME_SECTORS, A_AFLAGS, A_CMD, A_LBA_BITS, A_ADDR,
+    A_NEXT_LBA, A_NEXT_OFF, A_QUEUED, A_BUF, A_DATA_ADDRS, A_DATA_LENS, A_FLUSH, A_APPEND,
+    A_ROTATE, N_NAMES
 };
 
 static const char *names[N_NAMES] = {
     "req", "nbytes", "tag", "io", "target_mac", "last_rx", "timeouts_in_row", "is_write",
     "nodata", "mv", "off", "path", "answered", "tries", "sent", "srtt", "sample_rtt", "cwnd",
     "ssthresh", "limit", "delay_target", "pseq", "high", "done", "old_tags", "outstanding",
-    "budget", "frames_out", "remaining", "error", "txq", "popleft",
+    "budget", "frames_out", "remaining", "error", "txq", "popleft", "lba", "count", "first",
+    "fast", "tx", "prefix", "index", "frame_sectors", "aflags", "cmd", "lba_bits", "addr",
+    "next_lba", "next_off", "queued", "buf", "data_addrs", "data_lens", "flush", "append",
+    "rotate",
 };
 
 static PyObject *S[N_NAMES]; /* the names, interned once */
@@ -408,15 +417,398 @@ static int take(answer_t *a, PyObject *tags, PyObject *completed, PyObject *drop
 }
 
 /* The slots each class must have, by the names above. */
-static const int needs[N_CLASSES][16] = {
+static const int needs[N_CLASSES][24] = {
     [C_FRAME] = {A_REQ, A_NBYTES, A_TAG, A_OFF, A_PATH, A_TRIES, A_SENT, A_PSEQ, A_DONE,
-                 A_OLD_TAGS, -1},
-    [C_REQ] = {A_IS_WRITE, A_NODATA, A_MV, A_FRAMES_OUT, A_REMAINING, A_ERROR, -1},
+                 A_OLD_TAGS, A_LBA, A_COUNT, A_FIRST, A_FAST, -1},
+    [C_REQ] = {A_IS_WRITE, A_NODATA, A_MV, A_FRAMES_OUT, A_REMAINING, A_ERROR, A_AFLAGS, A_CMD,
+               A_LBA_BITS, A_ADDR, A_NEXT_LBA, A_NEXT_OFF, -1},
     [C_PATH] = {A_IO, A_TARGET_MAC, A_LAST_RX, A_TIMEOUTS_IN_ROW, A_ANSWERED, A_SRTT, A_CWND,
                 A_SSTHRESH, A_LIMIT, A_DELAY_TARGET, A_HIGH, A_OUTSTANDING, A_BUDGET, A_TXQ,
-                -1},
+                A_TX, A_PREFIX, A_INDEX, A_FRAME_SECTORS, A_PSEQ, A_SENT, -1},
     [C_BUDGET] = {A_OUTSTANDING, -1},
 };
+
+/* --- cutting frames (SessionCore._cut) ------------------------------------------------ */
+
+#define BATCH 64
+#define TX_HEAD 64
+#define RUN_FRAMES 16
+#define TAG_SEQ_MASK 0x7FFFFF
+#define SECTOR_SIZE 512
+
+/* An outbox's per-slot payload addresses or lengths: a buffer of unsigned 64-bit ints
+ * (GatherBatch's strided views) or any sequence of ints (a test's lists). */
+typedef struct {
+    PyObject *obj;
+    Py_buffer view;
+    int has_view;
+} slots_t;
+
+static int slots_open(slots_t *s, PyObject *obj)
+{
+    s->obj = obj;
+    s->has_view = 0;
+    if (PyObject_CheckBuffer(obj)
+        && PyObject_GetBuffer(obj, &s->view, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) == 0) {
+        if (s->view.ndim == 1 && s->view.itemsize == 8 && s->view.format != NULL
+            && strcmp(s->view.format, "Q") == 0 && s->view.shape[0] >= BATCH) {
+            s->has_view = 1;
+            return 0;
+        }
+        PyBuffer_Release(&s->view);
+    }
+    PyErr_Clear();
+    return 0;
+}
+
+static int slots_set(slots_t *s, Py_ssize_t i, unsigned long long v)
+{
+    if (s->has_view) {
+        *(unsigned long long *)((char *)s->view.buf + i * s->view.strides[0]) = v;
+        return 0;
+    }
+    PyObject *o = PyLong_FromUnsignedLongLong(v);
+    if (o == NULL)
+        return -1;
+    int rc = PySequence_SetItem(s->obj, i, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+static void slots_close(slots_t *s)
+{
+    if (s->has_view)
+        PyBuffer_Release(&s->view);
+}
+
+static int set_ll(PyObject *obj, int cls, int name, long long v)
+{
+    return set_field(obj, cls, name, PyLong_FromLongLong(v));
+}
+
+static int set_attr_ll(PyObject *obj, int name, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    if (o == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, S[name], o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* A new InFlight, as InFlight.__init__ makes it: a frame first sent on ``path`` at ``now``. */
+static PyObject *new_frame(PyObject *req, long long lba, long long count, long long off,
+                           long long nbytes, PyObject *path, PyObject *tag, long long pseq,
+                           PyObject *now)
+{
+    PyTypeObject *type = K[C_FRAME].type;
+    PyObject *f = type->tp_alloc(type, 0);
+    if (f == NULL)
+        return NULL;
+    Py_INCREF(req);
+    Py_INCREF(path);
+    Py_INCREF(tag);
+    Py_INCREF(Py_None);
+    Py_INCREF(now);
+    Py_INCREF(now);
+    Py_INCREF(Py_False);
+    Py_INCREF(Py_False);
+    if (set_field(f, C_FRAME, A_REQ, req) < 0 || set_ll(f, C_FRAME, A_LBA, lba) < 0
+        || set_ll(f, C_FRAME, A_COUNT, count) < 0 || set_ll(f, C_FRAME, A_OFF, off) < 0
+        || set_ll(f, C_FRAME, A_NBYTES, nbytes) < 0 || set_field(f, C_FRAME, A_PATH, path) < 0
+        || set_field(f, C_FRAME, A_TAG, tag) < 0 || set_field(f, C_FRAME, A_OLD_TAGS, Py_None) < 0
+        || set_field(f, C_FRAME, A_SENT, now) < 0 || set_field(f, C_FRAME, A_FIRST, now) < 0
+        || set_ll(f, C_FRAME, A_TRIES, 1) < 0 || set_ll(f, C_FRAME, A_PSEQ, pseq) < 0
+        || set_field(f, C_FRAME, A_DONE, Py_False) < 0 || set_field(f, C_FRAME, A_FAST, Py_False) < 0) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    return f;
+}
+
+/* The outbox of one path while frames are cut into it. */
+typedef struct {
+    PyObject *tx;
+    Py_buffer buf;
+    slots_t addrs, lens;
+    Py_ssize_t q;
+} outbox_t;
+
+static int outbox_open(outbox_t *o, PyObject *tx)
+{
+    memset(o, 0, sizeof *o);
+    o->tx = tx;
+    long long q;
+    PyObject *v = PyObject_GetAttr(tx, S[A_QUEUED]);
+    if (v == NULL)
+        return -1;
+    q = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    if (q == -1 && PyErr_Occurred())
+        return -1;
+    o->q = (Py_ssize_t)q;
+    PyObject *buf = PyObject_GetAttr(tx, S[A_BUF]);
+    if (buf == NULL)
+        return -1;
+    int rc = PyObject_GetBuffer(buf, &o->buf, PyBUF_WRITABLE);
+    Py_DECREF(buf);
+    if (rc < 0)
+        return -1;
+    if (o->buf.len < BATCH * TX_HEAD) {
+        PyBuffer_Release(&o->buf);
+        PyErr_SetString(PyExc_ValueError, "an outbox smaller than BATCH slots");
+        return -1;
+    }
+    PyObject *a = PyObject_GetAttr(tx, S[A_DATA_ADDRS]), *l = NULL;
+    if (a == NULL || (l = PyObject_GetAttr(tx, S[A_DATA_LENS])) == NULL) {
+        Py_XDECREF(a);
+        PyBuffer_Release(&o->buf);
+        return -1;
+    }
+    slots_open(&o->addrs, a);
+    slots_open(&o->lens, l);
+    Py_DECREF(a); /* the outbox keeps them alive */
+    Py_DECREF(l);
+    return 0;
+}
+
+static void outbox_close(outbox_t *o)
+{
+    slots_close(&o->addrs);
+    slots_close(&o->lens);
+    PyBuffer_Release(&o->buf);
+}
+
+static int outbox_flush(outbox_t *o)
+{
+    if (set_attr_ll(o->tx, A_QUEUED, o->q) < 0)
+        return -1;
+    PyObject *r = PyObject_CallMethodNoArgs(o->tx, S[A_FLUSH]);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    o->q = 0;
+    return 0;
+}
+
+/* One request header in slot q, as ATA_REQUEST packs it. */
+static int put_header(outbox_t *o, const char *prefix, uint32_t tag, int aflags, int count,
+                      int cmd, unsigned long long wire_lba)
+{
+    if (wire_lba >> 48) {
+        PyErr_SetString(PyExc_OverflowError, "LBA beyond 48 bits");
+        return -1;
+    }
+    uint8_t *h = (uint8_t *)o->buf.buf + o->q * TX_HEAD;
+    memcpy(h, prefix, 20);
+    h[20] = tag & 0xFF;
+    h[21] = (tag >> 8) & 0xFF;
+    h[22] = (tag >> 16) & 0xFF;
+    h[23] = (tag >> 24) & 0xFF;
+    h[24] = (uint8_t)aflags;
+    h[25] = 0;
+    h[26] = (uint8_t)count;
+    h[27] = (uint8_t)cmd;
+    for (int b = 0; b < 6; b++)
+        h[28 + b] = (wire_lba >> (8 * b)) & 0xFF;
+    h[34] = h[35] = 0;
+    return 0;
+}
+
+typedef struct {
+    long long aflags, cmd, bits, addr, lba, off, remaining;
+    int nodata, is_write;
+} request_t;
+
+static int request_read(PyObject *req, request_t *r)
+{
+    return get_true(req, C_REQ, A_NODATA, &r->nodata) < 0
+           || get_true(req, C_REQ, A_IS_WRITE, &r->is_write) < 0
+           || get_ll(req, C_REQ, A_REMAINING, &r->remaining) < 0
+           || get_ll(req, C_REQ, A_AFLAGS, &r->aflags) < 0
+           || get_ll(req, C_REQ, A_CMD, &r->cmd) < 0
+           || get_ll(req, C_REQ, A_LBA_BITS, &r->bits) < 0
+           || get_ll(req, C_REQ, A_ADDR, &r->addr) < 0
+           || get_ll(req, C_REQ, A_NEXT_LBA, &r->lba) < 0
+           || get_ll(req, C_REQ, A_NEXT_OFF, &r->off) < 0 ? -1 : 0;
+}
+
+PyDoc_STRVAR(cut_doc,
+"cut(pending, tags, path, room, now, seq, turn) -> (seq, turn)\n\n"
+"SessionCore._cut: up to room frames of the pending requests into path's outbox.");
+
+static PyObject *cut(PyObject *self, PyObject *args)
+{
+    PyObject *pending, *tags, *path, *now;
+    Py_ssize_t room;
+    long long seq, run;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO!OnOLL", &pending, &PyDict_Type, &tags, &path, &room, &now,
+                          &seq, &run))
+        return NULL;
+    if (!configured || !is(path, C_PATH)) {
+        PyErr_SetString(PyExc_TypeError, "cut() needs configure() and a PathWindow");
+        return NULL;
+    }
+    long long index, step, pseq;
+    PyObject *tx = field(path, C_PATH, A_TX), *txq, *prefix_obj;
+    if (tx == NULL || (txq = field(path, C_PATH, A_TXQ)) == NULL
+        || (prefix_obj = field(path, C_PATH, A_PREFIX)) == NULL
+        || get_ll(path, C_PATH, A_INDEX, &index) < 0
+        || get_ll(path, C_PATH, A_FRAME_SECTORS, &step) < 0
+        || get_ll(path, C_PATH, A_PSEQ, &pseq) < 0)
+        return NULL;
+    if (!PyBytes_Check(prefix_obj) || PyBytes_GET_SIZE(prefix_obj) != 20) {
+        PyErr_SetString(PyExc_TypeError, "a path's prefix is 20 bytes");
+        return NULL;
+    }
+    Py_INCREF(tx);
+    Py_INCREF(txq);
+    Py_INCREF(prefix_obj);
+    const char *prefix = PyBytes_AS_STRING(prefix_obj);
+    outbox_t o;
+    if (outbox_open(&o, tx) < 0) {
+        Py_DECREF(tx);
+        Py_DECREF(txq);
+        Py_DECREF(prefix_obj);
+        return NULL;
+    }
+    Py_ssize_t done = 0;
+    int failed = 0;
+    while (!failed && done < room) {
+        Py_ssize_t waiting = PyObject_Length(pending);
+        if (waiting < 0) {
+            failed = 1;
+            break;
+        }
+        if (waiting == 0)
+            break;
+        if (o.q == BATCH && outbox_flush(&o) < 0) {
+            failed = 1;
+            break;
+        }
+        PyObject *req = PySequence_GetItem(pending, 0);
+        if (req == NULL) {
+            failed = 1;
+            break;
+        }
+        request_t r;
+        if (!is(req, C_REQ)) {
+            PyErr_SetString(PyExc_TypeError, "a pending request is not a Request");
+            failed = 1;
+        } else if (request_read(req, &r) < 0) {
+            failed = 1;
+        }
+        if (failed) {
+            Py_DECREF(req);
+            break;
+        }
+        long long most, k;
+        if (r.nodata) {
+            most = 0;
+            k = 1; /* a flush: one frame, no sectors */
+        } else {
+            most = step;
+            k = (r.remaining + step - 1) / step;
+        }
+        int several = waiting > 1;
+        if (several && k > RUN_FRAMES - run)
+            k = RUN_FRAMES - run;
+        if (k > room - done)
+            k = room - done;
+        if (k > BATCH - o.q)
+            k = BATCH - o.q;
+        for (long long j = 0; j < k && !failed; j++) {
+            long long n = r.remaining < most ? r.remaining : most;
+            long long nbytes = n * SECTOR_SIZE;
+            seq = (seq + 1) & TAG_SEQ_MASK;
+            uint32_t tag = (uint32_t)((seq << 8) | index);
+            pseq += 1;
+            PyObject *tag_obj = PyLong_FromUnsignedLong(tag);
+            PyObject *frame = tag_obj == NULL ? NULL
+                : new_frame(req, r.lba, n, r.off, nbytes, path, tag_obj, pseq, now);
+            if (frame == NULL || PyDict_SetItem(tags, tag_obj, frame) < 0) {
+                failed = 1;
+            } else {
+                PyObject *rv = PyObject_CallMethodOneArg(txq, S[A_APPEND], frame);
+                if (rv == NULL)
+                    failed = 1;
+                Py_XDECREF(rv);
+            }
+            Py_XDECREF(frame);
+            Py_XDECREF(tag_obj);
+            if (failed
+                || put_header(&o, prefix, tag, (int)r.aflags, (int)n, (int)r.cmd,
+                              (unsigned long long)(r.lba | r.bits)) < 0
+                || slots_set(&o.lens, o.q, r.is_write ? (unsigned long long)nbytes : 0) < 0
+                || (r.is_write
+                    && slots_set(&o.addrs, o.q, (unsigned long long)(r.addr + r.off)) < 0)) {
+                failed = 1;
+                break;
+            }
+            o.q++;
+            r.lba += n;
+            r.off += nbytes;
+            r.remaining -= n;
+        }
+        if (!failed) {
+            done += k;
+            long long frames_out;
+            if (r.nodata)
+                r.remaining = 0;
+            if (set_ll(req, C_REQ, A_NEXT_LBA, r.lba) < 0
+                || set_ll(req, C_REQ, A_NEXT_OFF, r.off) < 0
+                || get_ll(req, C_REQ, A_FRAMES_OUT, &frames_out) < 0
+                || set_ll(req, C_REQ, A_FRAMES_OUT, frames_out + k) < 0
+                || set_ll(req, C_REQ, A_REMAINING, r.remaining) < 0)
+                failed = 1;
+        }
+        Py_DECREF(req);
+        if (failed)
+            break;
+        PyObject *rv = NULL;
+        if (r.remaining == 0) {
+            rv = PyObject_CallMethodNoArgs(pending, S[A_POPLEFT]);
+            run = 0;
+        } else if (several) {
+            run += k;
+            if (run >= RUN_FRAMES) {
+                PyObject *minus_one = PyLong_FromLong(-1);
+                rv = minus_one == NULL ? NULL
+                    : PyObject_CallMethodOneArg(pending, S[A_ROTATE], minus_one);
+                Py_XDECREF(minus_one);
+                run = 0;
+            } else {
+                rv = Py_None;
+                Py_INCREF(rv);
+            }
+        } else {
+            rv = Py_None;
+            Py_INCREF(rv);
+        }
+        if (rv == NULL)
+            failed = 1;
+        Py_XDECREF(rv);
+    }
+    outbox_close(&o);
+    PyObject *budget = NULL;
+    if (!failed
+        && (set_attr_ll(tx, A_QUEUED, o.q) < 0 || set_ll(path, C_PATH, A_PSEQ, pseq) < 0
+            || add_ll(path, C_PATH, A_OUTSTANDING, done) < 0
+            || (budget = field(path, C_PATH, A_BUDGET)) == NULL || !is(budget, C_BUDGET)
+            || add_ll(budget, C_BUDGET, A_OUTSTANDING, done) < 0
+            || add_ll(path, C_PATH, A_SENT, done) < 0)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "a path's budget is not a MacBudget");
+        failed = 1;
+    }
+    Py_DECREF(tx);
+    Py_DECREF(txq);
+    Py_DECREF(prefix_obj);
+    if (failed)
+        return NULL;
+    return Py_BuildValue("(LL)", seq, run);
+}
 
 PyDoc_STRVAR(configure_doc,
 "configure(InFlight, Request, PathWindow, MacBudget)\n\n"
@@ -554,16 +946,17 @@ static PyObject *answers(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"answers", answers, METH_VARARGS, answers_doc},
     {"configure", configure, METH_VARARGS, configure_doc},
+    {"cut", cut, METH_VARARGS, cut_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_answers",
-    "The session core's answer loop, compiled (optional; core.py is the reference).", -1,
+    PyModuleDef_HEAD_INIT, "_compiled",
+    "The session core's per-frame loops, compiled (optional; core.py is the reference).", -1,
     methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__answers(void)
+PyMODINIT_FUNC PyInit__compiled(void)
 {
     for (int k = 0; k < N_NAMES; k++)
         if ((S[k] = PyUnicode_InternFromString(names[k])) == NULL)

@@ -1,5 +1,6 @@
-"""Types of the compiled answer loop (_answers.c); core.py's Python loop is the reference."""
+"""Types of the compiled core loops (_compiled.c); core.py's Python loops are the reference."""
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,3 +22,12 @@ def answers(
     rx_ok: bytes,
 ) -> tuple[int, int]: ...
 def configure(frame: type, request: type, path: type, budget: type) -> None: ...
+def cut(
+    pending: deque[Request],
+    tags: dict[int, InFlight],
+    path: PathWindow,
+    room: int,
+    now: float,
+    seq: int,
+    turn: int,
+) -> tuple[int, int]: ...

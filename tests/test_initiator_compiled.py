@@ -1,4 +1,4 @@
-"""The compiled answer loop (_answers.c) against the Python one, step by step.
+"""The compiled core loops (_compiled.c) against the Python ones, step by step.
 
 Two session cores are driven in lockstep through the same random story: requests
 submitted, frames cut, answers delivered in any order (late, duplicated, on the wrong
@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aoe.initiator import core as core_module
-from aoe.initiator.core import Request
+from aoe.initiator.core import InFlight, Request
 from aoe.initiator.window import PathWindow
 from aoe.protocol import SECTOR_SIZE, AtaFlag, AtaOpcode, AtaStatus
 
 from .test_initiator_core import Harness, Sent
 
-pytestmark = pytest.mark.skipif(core_module.COMPILED_ANSWERS is None,
-                                reason="the compiled answer loop was not built")
+pytestmark = pytest.mark.skipif(core_module.COMPILED is None,
+                                reason="the compiled core loops were not built")
 
 PATH_FIELDS = [f for f in PathWindow.__slots__ if f not in ("port", "io", "tx", "budget", "txq",
                                                             "prefix")]
@@ -43,8 +43,9 @@ class Twin:
     def __init__(self, npaths: int, compiled: bool) -> None:
         self.h = Harness(npaths=npaths)
         if not compiled:
-            self.h.core._compiled_answers = None
+            self.h.core._compiled_answers = self.h.core._compiled_cut = None
         assert (self.h.core._compiled_answers is not None) == compiled
+        assert (self.h.core._compiled_cut is not None) == compiled
         self.reqs: list[Request] = []
         self.bufs: list[bytearray] = []
         self.sent: list[Sent] = []  # every frame sent so far, in order
@@ -53,7 +54,7 @@ class Twin:
     def submit(self, write: bool, lba: int, sectors: int) -> None:
         buf = bytearray(sectors * SECTOR_SIZE)
         if write:
-            buf[:] = bytes([len(self.reqs) & 0xFF]) * len(buf)
+            buf[:] = random.Random(len(self.reqs)).randbytes(len(buf))
             flags = AtaFlag.EXTENDED | AtaFlag.WRITE
             op = AtaOpcode.WRITE_SECTORS_EXT
         else:
@@ -109,11 +110,32 @@ class Twin:
         paths = []
         for p in self.h.paths:
             paths.append(([getattr(p, f) for f in PATH_FIELDS], p.budget.outstanding,
-                          [(f.lba, f.tag, f.done, f.tries, f.pseq) for f in p.txq]))
-        frames = [(s.path, s.frame.tag, s.lba) for s in self.sent]
-        reqs = [(r.remaining, r.frames_out, type(r.error).__name__) for r in self.reqs]
-        return (paths, list(core.tags), core.stats.as_dict(), core.last_rx, reqs, self.done,
-                [bytes(b) for b in self.bufs], frames)
+                          [self.frame_fields(f) for f in p.txq], bytes(p.tx.buf),
+                          list(p.tx.data_lens)))
+        frames = [(s.path, s.frame.tag, s.lba, bytes(s.frame.body.data))  # type: ignore[union-attr]
+                  for s in self.sent]
+        tags = [(t, self.frame_fields(f)) for t, f in core.tags.items()]
+        pending = [self.index(r) for r in core.pending]
+        reqs = [(r.remaining, r.frames_out, r.next_lba, r.next_off, type(r.error).__name__)
+                for r in self.reqs]
+        return (paths, tags, pending, core._seq, core._turn, core.stats.as_dict(),
+                core.last_rx, reqs, self.done, [bytes(b) for b in self.bufs], frames)
+
+    def index(self, req: Request) -> int:
+        """The request's place among those submitted (-1: one the core made itself)."""
+        return next((i for i, r in enumerate(self.reqs) if r is req), -1)
+
+    def frame_fields(self, f: InFlight) -> list[object]:
+        """Every field of an InFlight record, its request and path by their places."""
+        out: list[object] = []
+        for name in InFlight.__slots__:
+            v = getattr(f, name)
+            if name == "req":
+                v = self.index(v)
+            elif name == "path":
+                v = v.index
+            out.append(v)
+        return out
 
 
 TICKS = [0.0001, 0.001, 0.004, 0.007, 0.01, 0.05, 0.3]
