@@ -115,8 +115,6 @@ CutFn = Callable[[deque["Request"], dict[int, "InFlight"], PathWindow, int, floa
                  tuple[int, int]]
 
 
-
-
 class Request:
     """One caller operation: a run of sectors (or a flush) and its completion."""
 
