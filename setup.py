@@ -8,12 +8,13 @@ docs/initiator.md, "The compiled core loops").
 from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
+SHARED = ["src/aoe/net/_mmsg_lengths.h"]  # how both read a batch's received lengths
 
 setup(
     ext_modules=[
-        Extension("aoe.target._burst", ["src/aoe/target/_burst.c"], extra_compile_args=FLAGS,
-                  optional=True),
-        Extension("aoe.initiator._compiled", ["src/aoe/initiator/_compiled.c"],
+        Extension("aoe.target._burst", ["src/aoe/target/_burst.c"], depends=SHARED,
                   extra_compile_args=FLAGS, optional=True),
+        Extension("aoe.initiator._compiled", ["src/aoe/initiator/_compiled.c"],
+                  depends=SHARED, extra_compile_args=FLAGS, optional=True),
     ]
 )

@@ -46,7 +46,7 @@ stamp=.venv/.pyaoe-installed
 # Reinstalled when the packaging or a compiled accelerator's source changed (the editable
 # install builds src/aoe/*/_*.c in place; gcc and libc6-dev come from apt above).
 newer=$(find pyproject.toml setup.py src/aoe -newer "$stamp" \( -name pyproject.toml \
-        -o -name setup.py -o -name '_*.c' \) 2>/dev/null | head -1 || true)
+        -o -name setup.py -o -name '_*.c' -o -name '_*.h' \) 2>/dev/null | head -1 || true)
 if [ ! -f "$stamp" ] || [ -n "$newer" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e '.[test,bench]'

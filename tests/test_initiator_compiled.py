@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aoe.initiator import core as core_module
-from aoe.initiator.core import InFlight, Request
+from aoe.initiator.core import BATCH, InFlight, Request
 from aoe.initiator.window import PathWindow
 from aoe.protocol import SECTOR_SIZE, AtaFlag, AtaOpcode, AtaStatus
 
@@ -82,7 +82,8 @@ class Twin:
                 port = (port + 1) % len(self.h.paths)
             by_port.setdefault(port, []).append(raw)
         for port, frames in by_port.items():
-            self.h.deliver(frames, port)
+            for first in range(0, len(frames), BATCH):  # as recvmmsg hands them over
+                self.h.deliver(frames[first : first + BATCH], port)
         self._take()
 
     def deliver_outstanding(self, seed: int, keep: float) -> None:
