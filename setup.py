@@ -8,7 +8,7 @@ docs/initiator.md, "The compiled core loops").
 from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
-SHARED = ["src/aoe/net/_mmsg_lengths.h"]  # how both read a batch's received lengths
+SHARED = ["src/aoe/_pyattr.h", "src/aoe/net/_mmsg_lengths.h"]  # included by both
 
 setup(
     ext_modules=[

@@ -65,7 +65,7 @@ def engine(export: Store, request: pytest.FixtureRequest) -> Engine:
 
 def use_burst_path(engine: Engine, path: str) -> None:
     if path == "python":
-        engine.respond_batch = engine._respond_batch_python  # type: ignore[method-assign]
+        engine._compiled = None
     elif not engine.accelerated:
         pytest.skip("the compiled burst path was not built")
 

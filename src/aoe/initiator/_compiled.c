@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../_pyattr.h"
 #include "../net/_mmsg_lengths.h"
 
 #define ATA_HEADER_LEN 36
@@ -118,12 +119,17 @@ static int get_true(PyObject *obj, int cls, int name, int *out)
     return *out < 0 ? -1 : 0;
 }
 
+static int set_ll(PyObject *obj, int cls, int name, long long v)
+{
+    return set_field(obj, cls, name, PyLong_FromLongLong(v));
+}
+
 static int add_ll(PyObject *obj, int cls, int name, long long delta)
 {
     long long v;
     if (get_ll(obj, cls, name, &v) < 0)
         return -1;
-    return set_field(obj, cls, name, PyLong_FromLongLong(v + delta));
+    return set_ll(obj, cls, name, v + delta);
 }
 
 
@@ -440,21 +446,6 @@ static void slots_close(slots_t *s)
         PyBuffer_Release(&s->view);
 }
 
-static int set_ll(PyObject *obj, int cls, int name, long long v)
-{
-    return set_field(obj, cls, name, PyLong_FromLongLong(v));
-}
-
-static int set_attr_ll(PyObject *obj, int name, long long v)
-{
-    PyObject *o = PyLong_FromLongLong(v);
-    if (o == NULL)
-        return -1;
-    int rc = PyObject_SetAttr(obj, S[name], o);
-    Py_DECREF(o);
-    return rc;
-}
-
 /* A new InFlight, as InFlight.__init__ makes it: a frame first sent on ``path`` at ``now``. */
 static PyObject *new_frame(PyObject *req, long long lba, long long count, long long off,
                            long long nbytes, PyObject *path, PyObject *tag, long long pseq,
@@ -498,12 +489,7 @@ static int outbox_open(outbox_t *o, PyObject *tx)
     memset(o, 0, sizeof *o);
     o->tx = tx;
     long long q;
-    PyObject *v = PyObject_GetAttr(tx, S[A_QUEUED]);
-    if (v == NULL)
-        return -1;
-    q = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    if (q == -1 && PyErr_Occurred())
+    if (attr_ll(tx, names[A_QUEUED], &q) < 0)
         return -1;
     o->q = (Py_ssize_t)q;
     PyObject *buf = PyObject_GetAttr(tx, S[A_BUF]);
@@ -540,7 +526,7 @@ static void outbox_close(outbox_t *o)
 
 static int outbox_flush(outbox_t *o)
 {
-    if (set_attr_ll(o->tx, A_QUEUED, o->q) < 0)
+    if (attr_set_ll(o->tx, names[A_QUEUED], o->q) < 0)
         return -1;
     PyObject *r = PyObject_CallMethodNoArgs(o->tx, S[A_FLUSH]);
     if (r == NULL)
@@ -752,7 +738,7 @@ static PyObject *cut(PyObject *self, PyObject *args)
     outbox_close(&o);
     PyObject *budget = NULL;
     if (!failed
-        && (set_attr_ll(tx, A_QUEUED, o.q) < 0 || set_ll(path, C_PATH, A_PSEQ, pseq) < 0
+        && (attr_set_ll(tx, names[A_QUEUED], o.q) < 0 || set_ll(path, C_PATH, A_PSEQ, pseq) < 0
             || add_ll(path, C_PATH, A_OUTSTANDING, done) < 0
             || (budget = field(path, C_PATH, A_BUDGET)) == NULL || !is(budget, C_BUDGET)
             || add_ll(budget, C_BUDGET, A_OUTSTANDING, done) < 0

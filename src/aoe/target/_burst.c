@@ -23,6 +23,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "../_pyattr.h"
 #include "../net/_mmsg_lengths.h"
 
 #define ATA_HEADER_LEN 36
@@ -66,26 +67,6 @@ typedef struct {
     /* totals for the engine's counters */
     long long reads, bytes_read, writes, bytes_written;
 } state_t;
-
-static int attr_ll(PyObject *obj, const char *name, long long *out)
-{
-    PyObject *v = PyObject_GetAttrString(obj, name);
-    if (v == NULL)
-        return -1;
-    *out = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static int attr_bool(PyObject *obj, const char *name, int *out)
-{
-    PyObject *v = PyObject_GetAttrString(obj, name);
-    if (v == NULL)
-        return -1;
-    *out = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return *out < 0 ? -1 : 0;
-}
 
 static export_t FULL; /* find_export's answer when the call has seen CACHED addresses */
 
@@ -272,14 +253,8 @@ static int export_totals(state_t *st)
             if (amounts[j] == 0)
                 continue;
             long long old;
-            if (attr_ll(e->store, names[j], &old) < 0)
-                return -1;
-            PyObject *v = PyLong_FromLongLong(old + amounts[j]);
-            if (v == NULL)
-                return -1;
-            int rc = PyObject_SetAttrString(e->store, names[j], v);
-            Py_DECREF(v);
-            if (rc < 0)
+            if (attr_ll(e->store, names[j], &old) < 0
+                || attr_set_ll(e->store, names[j], old + amounts[j]) < 0)
                 return -1;
         }
     }

@@ -179,21 +179,19 @@ class Engine:
         self._mask_room = min(255, (self.frame_size - fr.MASK_ARGS.size - HEADER.size) // 8)
         self._reserve_room = min(255, (self.frame_size - fr.RESERVE_ARGS.size - HEADER.size) // 6)
         self.now = 0.0  # wall-clock time of the current burst (set by the server loop)
-        self._compiled = COMPILED_BURST
+        self._compiled: BurstFn | None = None  # the compiled burst path, when it serves
         self._pick_burst_path()
 
     @property
     def accelerated(self) -> bool:
         """Whether bursts go through the compiled path (_burst.c)."""
-        return self.respond_batch == self._respond_batch_compiled
+        return self._compiled is not None
 
     def _pick_burst_path(self) -> None:
         """The compiled path serves bursts unless it is missing or an export reads and
         writes through O_DIRECT's bounce buffer, which only the Python path has."""
-        if self._compiled is not None and not any(e.direct for e in self.exports):
-            self.respond_batch = self._respond_batch_compiled  # type: ignore[method-assign]
-        else:
-            self.respond_batch = self._respond_batch_python  # type: ignore[method-assign]
+        direct = any(e.direct for e in self.exports)
+        self._compiled = None if direct else COMPILED_BURST
 
     def set_exports(self, exports: Sequence[Store]) -> None:
         """Serve exactly ``exports`` from the next frame on (between bursts: a reload)."""
@@ -246,18 +244,19 @@ class Engine:
 
     def respond_batch(self, views: Sequence[memoryview], lengths: Sequence[int], n: int,
                       out: list[int]) -> int:
-        """Answer a burst in place (see :meth:`_respond_batch_python`): the compiled path
-        when there is one, else the Python path. Replaced per engine at construction."""
-        return self._respond_batch_python(views, lengths, n, out)
+        """Answer a burst in place (see :meth:`_respond_batch_python`): through the
+        compiled path when it serves (:attr:`accelerated`), else the Python path."""
+        burst = self._compiled
+        if burst is None:
+            return self._respond_batch_python(views, lengths, n, out)
+        return self._respond_batch_compiled(burst, views, lengths, n, out)
 
-    def _respond_batch_compiled(self, views: Sequence[memoryview], lengths: Sequence[int],
-                                n: int, out: list[int]) -> int:
+    def _respond_batch_compiled(self, burst: BurstFn, views: Sequence[memoryview],
+                                lengths: Sequence[int], n: int, out: list[int]) -> int:
         """The burst through _burst.c, which answers the plain READs and WRITEs exactly as
         :meth:`_respond_batch_python` does and hands back, in order, each frame it leaves
         to the general code (answered here with :meth:`respond_in_place`) and each run the
         store did not take whole (finished here with :meth:`_flush_run`)."""
-        burst = self._compiled
-        assert burst is not None
         c = self.counters
         mac = self.mac
         by_addr = self._by_addr
