@@ -311,16 +311,10 @@ static PyObject *burst(PyObject *self, PyObject *args)
             error = 1;
             break;
         }
+        /* Not a plain unicast request to us (the header is read only once it is there). */
         if (length < ATA_HEADER_LEN || b->readonly || b->len < ATA_HEADER_LEN
-            || !PyBuffer_IsContiguous(b, 'C')) {
-            if (set_out(out, i, -1) < 0) {
-                error = 1;
-                break;
-            }
-            continue;
-        }
-        if (f[14] != REQ_VERFLAGS || f[19] != 0 || memcmp(f, mac, 6) != 0
-            || memcmp(f + 12, etype, 2) != 0) {
+            || !PyBuffer_IsContiguous(b, 'C') || f[14] != REQ_VERFLAGS || f[19] != 0
+            || memcmp(f, mac, 6) != 0 || memcmp(f + 12, etype, 2) != 0) {
             if (set_out(out, i, -1) < 0) {
                 error = 1;
                 break;
