@@ -14,6 +14,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,17 +83,26 @@ def make_side(root: Path, name: str, compiled: bool, *, read_only_second: bool =
     return side
 
 
-@pytest.fixture
-def sides() -> Iterator[tuple[Side, Side]]:
+@contextmanager
+def two_sides(**options: bool) -> Iterator[tuple[Side, Side]]:
+    """A Python and a compiled side, alike in everything else; closed and removed after."""
     root = Path(tempfile.mkdtemp(prefix="aoe-burst-"))
-    py, cc = make_side(root, "py", False), make_side(root, "cc", True)
+    made: list[Side] = []
     try:
-        yield py, cc
+        made.append(make_side(root, "py", False, **options))
+        made.append(make_side(root, "cc", True, **options))
+        yield made[0], made[1]
     finally:
-        for s in (py, cc):
+        for s in made:
             for store in s.stores:
                 store.close()
         shutil.rmtree(root)
+
+
+@pytest.fixture
+def sides() -> Iterator[tuple[Side, Side]]:
+    with two_sides() as pair:
+        yield pair
 
 
 def run(side: Side, frames: list[bytes], lengths: list[int] | None = None
@@ -191,15 +201,12 @@ def test_28_bit_requests_ignore_the_device_bits(sides: tuple[Side, Side]) -> Non
     assert cc.images[0].read_bytes()[9 * 512 : 10 * 512] == b"\xaa" * 512
 
 
-def test_read_only_and_guarded_exports(tmp_path: Path) -> None:
+def test_read_only_and_guarded_exports() -> None:
     for kind in ("read_only_second", "guard_second"):
-        root = tmp_path / kind
-        root.mkdir()
-        py = make_side(root, "py", False, **{kind: True})
-        cc = make_side(root, "cc", True, **{kind: True})
-        frames = [ata(AtaOpcode.WRITE_SECTORS_EXT, 3, 1, b"\x55" * 512, slot=1, src=s)
-                  for s in (0, 1)] + [ata(AtaOpcode.READ_SECTORS_EXT, 3, 1, slot=1)]
-        same(py, cc, frames)
+        with two_sides(**{kind: True}) as (py, cc):
+            frames = [ata(AtaOpcode.WRITE_SECTORS_EXT, 3, 1, b"\x55" * 512, slot=1, src=s)
+                      for s in (0, 1)] + [ata(AtaOpcode.READ_SECTORS_EXT, 3, 1, slot=1)]
+            same(py, cc, frames)
 
 
 def test_many_addresses_in_one_burst(sides: tuple[Side, Side]) -> None:
@@ -300,13 +307,6 @@ def frames(draw: st.DrawFn) -> bytes:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(burst=st.lists(frames(), min_size=1, max_size=24))
 def test_random_bursts_match(burst: list[bytes]) -> None:
-    root = Path(tempfile.mkdtemp(prefix="aoe-burst-"))
-    py, cc = make_side(root, "py", False), make_side(root, "cc", True)
-    try:
+    with two_sides() as (py, cc):
         same(py, cc, burst)
         same(py, cc, burst)  # again: the peers and totals add up the same way
-    finally:
-        for s in (py, cc):
-            for store in s.stores:
-                store.close()
-        shutil.rmtree(root)
