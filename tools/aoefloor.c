@@ -35,6 +35,10 @@
 #define HDR 36
 #define FRAME 9216
 #define MAXWIN 1024
+/* The reader resends after this much silence. A target capped at 25 % of a 100 ms CFS
+   period may be held for 75 ms at a time; a shorter silence would resend whole windows
+   to a target that is only waiting for its quota, and measure the timer, not the target. */
+#define SILENCE_MS 250
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23
 #endif
@@ -312,8 +316,8 @@ static int reader(const char *iface, int shelf, int slot, uint64_t bytes, int wi
         npend = 0;
         send_all(s, smsg, out);
         struct pollfd p = {.fd = s, .events = POLLIN};
-        int ready = poll(&p, 1, 50);
-        if (ready <= 0) { /* nothing for 50 ms: send every outstanding request again */
+        int ready = poll(&p, 1, SILENCE_MS);
+        if (ready <= 0) { /* a silence: send every outstanding request again */
             if (now() - last > 30) {
                 fprintf(stderr, "target stopped answering\n");
                 return 1;
