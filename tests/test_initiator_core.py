@@ -18,7 +18,6 @@ from aoe.initiator.core import (
     NAP_FRAMES,
     NAP_MAX,
     NAP_MIN,
-    NAP_MIN_OUTSTANDING,
     TX_HEAD,
     Request,
     SessionCore,
@@ -548,8 +547,9 @@ def test_a_real_loss_does_not_lift_the_rto_floor() -> None:
 
 
 def test_nap_lets_answers_gather_only_in_a_bulk_transfer_on_a_slow_wire() -> None:
-    """A wake-up that brought a few answers while many frames are in flight waits for
-    about NAP_FRAMES of them (answers come every srtt / outstanding s), within limits."""
+    """A wake-up that brought a few answers while requests wait for room waits for about
+    NAP_FRAMES of them, or half the frames in flight if fewer (answers come every
+    srtt / outstanding s), within limits."""
     h = Harness()
     path = h.paths[0]
     path.srtt = 0.010
@@ -557,16 +557,16 @@ def test_nap_lets_answers_gather_only_in_a_bulk_transfer_on_a_slow_wire() -> Non
     assert h.core.nap(2) == 0.0  # all in flight (random I/O at a deep queue): no wait
     h.read(0, 8)  # a request waiting for room in the window: a bulk transfer
     assert h.core.pending
-    path.outstanding = NAP_MIN_OUTSTANDING - 1
-    assert h.core.nap(2) == 0.0  # a few requests in flight: latency comes first
     path.outstanding = 100  # a 100 Mbit/s wire: an answer every 100 us
     assert h.core.nap(6) == pytest.approx((NAP_FRAMES - 6) * 0.010 / 100)
-    path.outstanding = 24  # a window the delay control cut after a stall naps too
-    assert h.core.nap(2) == pytest.approx(0.010 / 8)
     assert h.core.nap(NAP_FRAMES) == 0.0 and h.core.nap(0) == 0.0
-    path.srtt = 1.0  # never more than NAP_MAX ...
+    path.srtt, path.outstanding = 0.002, 16  # a target allowing 16 frames (vblade) ...
+    assert h.core.nap(1) == pytest.approx(7 * 0.002 / 16)  # ... on 100 Mbit/s: 8 answers
+    assert h.core.nap(8) == 0.0  # half the window came: refill before the wire idles
+    path.outstanding = 3  # a window cut to a few frames: one answer at a time
+    assert h.core.nap(1) == 0.0
+    path.srtt = 1.0  # never more than NAP_MAX
+    path.outstanding = 64
     assert h.core.nap(1) == NAP_MAX
-    path.srtt, path.outstanding = 0.004, 64  # ... nor an eighth of the RTT
-    assert h.core.nap(1) == pytest.approx(0.004 / 8)
     path.srtt, path.outstanding = 0.0008, 1000  # a fast wire: too short a nap to take
     assert h.core.nap(1) == 0.0 and NAP_MIN > 15 * 0.0008 / 1000

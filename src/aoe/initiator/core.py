@@ -89,19 +89,18 @@ MIN_QUEUED_WINDOW = 8.0  # delay alone never shrinks the window below this
 PROBE_INTERVAL = 0.5
 REVIVE_FIRST = 0.25  # after a death, the first Query Config probe; doubled up to ...
 REVIVE_MAX = 4.0  # ... this many seconds between probes
-# Wake-up coalescing: when a wake-up brought fewer than NAP_FRAMES answers while at
-# least NAP_MIN_OUTSTANDING frames are in flight and more wait for room in the window (a
-# bulk transfer paced by a slow wire; not small random requests all in flight, each
-# awaited by its caller), the I/O loop waits for about the rest of NAP_FRAMES to
-# arrive before it works again: measured at 100 Mbit/s, one wake-up per 2-5 frames
-# spent the whole CPU quota of a netbook on system calls. The wait never exceeds
-# NAP_MAX nor an eighth of the RTT, and one shorter than NAP_MIN is not taken (a sleep
-# that short costs more than it saves; on a fast wire the answers already come in
-# batches). A window of a few dozen frames naps too: had it not, a capped host whose
-# window the delay control had cut (after a stall) woke per frame, spent twice the CPU
-# per byte, stalled more and stayed there.
+# Wake-up coalescing: when a wake-up brought few answers while more requests wait for
+# room in the window (a bulk transfer paced by a slow wire; not small random requests all
+# in flight, each awaited by its caller), the I/O loop waits for more to arrive before it
+# works again: measured at 100 Mbit/s, one wake-up per 2-5 frames spent the whole CPU
+# quota of a netbook on system calls. It waits for up to NAP_FRAMES answers, and never
+# for more than half of the frames in flight, so the other half still queued keeps the
+# wire busy while it sleeps: a small window naps too (a target that allows 16 frames, as
+# vblade does, or a window the delay control cut after a stall; woken per frame, either
+# spent twice the CPU per byte, stalled more and stayed there). The wait never exceeds
+# NAP_MAX, and one shorter than NAP_MIN is not taken (a sleep that short costs more than
+# it saves; on a fast wire the answers already come in batches).
 NAP_FRAMES = 16
-NAP_MIN_OUTSTANDING = NAP_FRAMES
 NAP_MIN = 0.0002
 NAP_MAX = 0.002
 INF = float("inf")
@@ -314,14 +313,15 @@ class SessionCore:
     def nap(self, received: int) -> float:
         """Seconds the I/O loop should let answers accumulate after a wake-up that brought
         ``received`` of them (0: go on at once)."""
-        if received >= NAP_FRAMES or received == 0 or not self.pending:
+        if received == 0 or not self.pending:
             return 0.0  # nothing waits for the window: answers are wanted at once
         best = 0.0
         for path in self.paths:
             out = path.outstanding
-            if out >= NAP_MIN_OUTSTANDING:
+            gather = out >> 1 if out < 2 * NAP_FRAMES else NAP_FRAMES
+            if received < gather:
                 # By Little's law answers arrive every srtt / outstanding seconds.
-                wait = min((NAP_FRAMES - received) * path.srtt / out, path.srtt / 8)
+                wait = (gather - received) * path.srtt / out
                 if wait > best:
                     best = wait
         if best < NAP_MIN:
