@@ -15,7 +15,9 @@ from aoe.net import link
 
 _SKIP = netns_unavailable_reason()
 
-HEAVY = ("pyroute2", "scapy", "aoe.lab", "aoe.target", "aoe.export", "mfusepy")
+# hashlib loads OpenSSL (4 ms of every start-up); only `aoe copy --verify` needs it.
+HEAVY = ("pyroute2", "scapy", "aoe.lab", "aoe.target", "aoe.export", "mfusepy", "hashlib",
+         "_hashlib")
 
 
 def _imported_by(command: str) -> list[str]:

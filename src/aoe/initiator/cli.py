@@ -6,7 +6,6 @@ printed as one line, never as a traceback.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +39,13 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def _json(value: object, indent: int) -> str:
+    """JSON text for --json; json is imported only by the commands that print it."""
+    import json
+
+    return json.dumps(value, indent=indent)
 
 
 def _iface_options(fn: F) -> F:
@@ -136,7 +142,7 @@ def discover(
         found = discover_targets(ifaces or None, target, timeout,
                                  settle=min(timeout, LIST_SETTLE))
     if as_json:
-        click.echo(json.dumps([t.as_dict() for t in found], indent=2))
+        click.echo(_json([t.as_dict() for t in found], indent=2))
     if not found:  # an error in either form (the JSON form has printed its empty list)
         which = f"target {target[0]}.{target[1]}" if target else "AoE target"
         raise click.ClickException(
@@ -183,7 +189,7 @@ def info(
                           dead_timeout=dead_time, give_up=give_up) as disk:
             details = _disk_details(disk)
     if as_json:
-        click.echo(json.dumps(details, indent=2))
+        click.echo(_json(details, indent=2))
         return
     lines = [
         f"target:        {details['address']}",
@@ -328,7 +334,7 @@ def copy(
             bar.finish()
         exit_on_signal(stop.signum, moved.what(source, dest, src_addr is not None))
     if as_json:
-        click.echo(json.dumps(dict(_summary_dict(result), source=source, dest=dest), indent=2))
+        click.echo(_json(dict(_summary_dict(result), source=source, dest=dest), indent=2))
     else:
         click.echo(_summary(result), err=True)
 

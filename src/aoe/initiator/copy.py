@@ -9,7 +9,6 @@ SHA-256 with the one taken of the source data on the way.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 CHUNK = 4 << 20
 DEPTH = 3  # chunks in flight
@@ -27,6 +26,14 @@ HOLE_BLOCK = 64 << 10
 _ZERO_BLOCK = bytes(HOLE_BLOCK)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+def _sha256() -> Any:
+    """A SHA-256 digest. hashlib is imported here: loading OpenSSL costs every `aoe copy`
+    4 ms of start-up, and only --verify needs it."""
+    import hashlib
+
+    return hashlib.sha256()
 
 
 class BlockDevice(Protocol):
@@ -157,7 +164,7 @@ def copy_from_disk(
     position, which should be 0 of a fresh file for sparse output to be exact)."""
     total = check_range(disk.size, offset, length)
     sparse = sparse and _is_regular(out)
-    digest = hashlib.sha256() if verify else None
+    digest = _sha256() if verify else None
     holes = 0
     start_pos = out.tell() if _is_regular(out) else 0
     regular = _is_regular(out)
@@ -192,7 +199,7 @@ def _verify_file(out: BinaryIO, start: int, total: int, expected: str, chunk: in
         raise VerifyError("cannot verify: the output is not a regular file")
     fd = out.fileno()
     os.fsync(fd)
-    digest = hashlib.sha256()
+    digest = _sha256()
     pos, end = start, start + total
     while pos < end:
         try:
@@ -259,7 +266,7 @@ def copy_to_disk(
             f"{length} bytes do not fit the disk at offset {offset} ({room} bytes left)"
         )
     limit = room if length is None else length
-    digest = hashlib.sha256() if verify else None
+    digest = _sha256() if verify else None
     t0 = time.perf_counter()
     done = 0
     # DEPTH writes in flight plus the chunk being read: buffers used in turn.
@@ -304,7 +311,7 @@ def copy_to_disk(
 
 
 def _verify_disk(disk: BlockDevice, offset: int, total: int, expected: str, chunk: int) -> None:
-    digest = hashlib.sha256()
+    digest = _sha256()
     for data in _disk_chunks(disk, offset, total, chunk):
         digest.update(data)
     if digest.hexdigest() != expected:
