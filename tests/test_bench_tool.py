@@ -203,7 +203,9 @@ def test_bench_quick_fastreader_scenario(tmp_path: Path) -> None:
         for target in ("aoe serve", "vblade", "C responder (floor)")]
     for row in table["rows"]:
         assert float(row[3]) > 0 and float(row[4]) > 0  # MB/s, the target's CPU s/GB
-    assert [row[6] for row in table["rows"] if row[2].startswith("C ")] == ["1.00", "1.00"]
+        assert int(row[5]) >= 0  # requests the reader resent
+    assert table["headers"][5:] == ["requests resent", "/ vblade", "/ C responder"]
+    assert [row[7] for row in table["rows"] if row[2].startswith("C ")] == ["1.00", "1.00"]
     assert len(table["goals"]) == 2
     assert not _bench_cgroups(proc.pid)
 
