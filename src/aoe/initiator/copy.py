@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 CHUNK = 4 << 20
 DEPTH = 3  # chunks in flight
@@ -28,7 +31,7 @@ _ZERO_BLOCK = bytes(HOLE_BLOCK)
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
-def _sha256() -> Any:
+def _sha256() -> _Hash:
     """A SHA-256 digest. hashlib is imported here: loading OpenSSL costs every `aoe copy`
     4 ms of start-up, and only --verify needs it."""
     import hashlib
