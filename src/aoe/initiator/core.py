@@ -38,13 +38,13 @@ in on_answers, the per-frame hot path.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .. import accel
 from ..net.mmsg import buffer_address
 from ..protocol import (
     AoeError,
@@ -204,7 +204,7 @@ class InFlight:
 
 def _load_compiled() -> tuple[AnswersFn, CutFn] | None:
     """The compiled loops, told where the fields of the classes they use live."""
-    if os.environ.get("AOE_ACCEL", "1") == "0":
+    if not accel.wanted():
         return None
     try:
         from ._compiled import answers, configure, cut

@@ -19,9 +19,9 @@ of padded frames out.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 
+from .. import accel
 from ..protocol import fastpath as fp
 from ..protocol import frames as fr
 from ..protocol.ata import POWER_MODE_ACTIVE, AtaErrorBits, AtaOpcode, AtaStatus
@@ -60,7 +60,7 @@ BurstFn = Callable[[list[memoryview], Sequence[int], int, int, list[int], bytes,
 
 
 def _load_burst() -> BurstFn | None:
-    if os.environ.get("AOE_ACCEL", "1") == "0":
+    if not accel.wanted():
         return None
     try:
         from ._burst import burst
