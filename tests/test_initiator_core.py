@@ -570,3 +570,29 @@ def test_nap_lets_answers_gather_only_in_a_bulk_transfer_on_a_slow_wire() -> Non
     assert h.core.nap(1) == NAP_MAX
     path.srtt, path.outstanding = 0.0008, 1000  # a fast wire: too short a nap to take
     assert h.core.nap(1) == 0.0 and NAP_MIN > 15 * 0.0008 / 1000
+
+
+def test_a_batch_of_answers_folds_one_rtt_sample() -> None:
+    """The clean answers of one received batch fold a single sample into the estimator
+    (the latest; PathWindow.sample_rtt takes the lowest for min_rtt); a batch that holds
+    something else first folds what came before it."""
+    h = Harness()
+    path = h.paths[0]
+    h.read(0, 64)
+    first = h.sent()  # 4 frames, sent now
+    h.now += 0.001
+    path.cwnd = 8.0
+    second = h.sent()  # 4 more, 1 ms later
+    assert len(first) == len(second) == 4
+    h.now += 0.004
+    srtt, rttvar = path.srtt, path.rttvar
+    h.answer(first[:3])  # three answers of 5 ms
+    err = 0.005 - srtt
+    assert path.srtt == pytest.approx(srtt + err / 8)  # one sample, not three
+    assert path.rttvar == pytest.approx(rttvar + (abs(err) - rttvar) / 4)
+    # a duplicate in the middle of a batch splits it in two folds
+    srtt = path.srtt
+    h.answer([first[3], first[0], second[0]])  # 5 ms, a duplicate, 4 ms
+    one = srtt + (0.005 - srtt) / 8
+    assert path.srtt == pytest.approx(one + (0.004 - one) / 8)
+    assert h.core.stats.stale_or_duplicate == 1

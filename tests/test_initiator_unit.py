@@ -48,6 +48,15 @@ def test_rto_follows_rtt_and_backs_off() -> None:
     assert p.rto < 0.5  # a clean sample resets the backoff
 
 
+def test_a_folded_batch_lowers_min_rtt_by_its_lowest_sample() -> None:
+    p = make_path(rtt=0.002)
+    p.sample_rtt(0.004, 0.0005)  # a batch: latest 4 ms, lowest 0.5 ms
+    assert p.min_rtt == 0.0005
+    assert p.srtt == pytest.approx(0.002 + (0.004 - 0.002) / 8)  # srtt follows the latest
+    p.sample_rtt(0.003, 0.009)  # a lowest above the latest is no lower: the latest counts
+    assert p.min_rtt == 0.0005
+
+
 def test_window_halves_on_loss_and_respects_buffer_count() -> None:
     p = make_path(buffers=16)
     assert p.cwnd == INITIAL_WINDOW and p.limit == 16

@@ -7,7 +7,7 @@
  * of the right length, to the latest transmission of an outstanding frame, on a path
  * that has not been timing out). For it, it does what core.py does, in the same order:
  * read data copied into the caller's buffer, the path's answered count, the RTT sample
- * (through PathWindow.sample_rtt itself), the window step written out in on_answers, the
+ * (held, and folded once per batch through PathWindow.sample_rtt itself), the window step written out in on_answers, the
  * path's high-water mark, the frame forgotten with all its tags, the request completed,
  * the sending order trimmed (through SessionCore._drop_answered unless the head simply
  * moves on). At any other frame it stops before touching anything and returns its index;
@@ -337,9 +337,34 @@ done:
     return rc;
 }
 
+/* The clean RTT samples of one path not folded yet: a batch folds them once, the latest
+ * with the lowest, through PathWindow.sample_rtt (as core.py's loop does). */
+typedef struct {
+    PyObject *path; /* owned; NULL when nothing waits */
+    double last, low;
+} held_t;
+
+static int fold(held_t *h)
+{
+    if (h->path == NULL)
+        return 0;
+    PyObject *path = h->path, *last = PyFloat_FromDouble(h->last), *low = NULL, *r = NULL;
+    h->path = NULL;
+    if (last != NULL && (low = PyFloat_FromDouble(h->low)) != NULL)
+        r = PyObject_CallMethodObjArgs(path, S[A_SAMPLE_RTT], last, low, NULL);
+    Py_XDECREF(last);
+    Py_XDECREF(low);
+    Py_DECREF(path);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* Take one clean answer (checked by check()). */
-static int take(answer_t *a, PyObject *tags, PyObject *completed, PyObject *drop_answered,
-                PyObject *now, double now_d, const uint8_t *f, PyObject *tag_obj)
+static int take(answer_t *a, held_t *held, PyObject *tags, PyObject *completed,
+                PyObject *drop_answered, PyObject *now, double now_d, const uint8_t *f,
+                PyObject *tag_obj)
 {
     Py_INCREF(now);
     if (set_field(a->tx_path, C_PATH, A_LAST_RX, now) < 0)
@@ -358,14 +383,16 @@ static int take(answer_t *a, PyObject *tags, PyObject *completed, PyObject *drop
         if (get_double(a->frame, C_FRAME, A_SENT, &sent) < 0)
             return -1;
         rtt = now_d - sent;
-        PyObject *sample = PyFloat_FromDouble(rtt);
-        if (sample == NULL)
-            return -1;
-        PyObject *r = PyObject_CallMethodOneArg(a->path, S[A_SAMPLE_RTT], sample);
-        Py_DECREF(sample);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
+        if (held->path != a->path) {
+            if (fold(held) < 0)
+                return -1;
+            Py_INCREF(a->path);
+            held->path = a->path;
+            held->low = rtt;
+        } else if (rtt < held->low) {
+            held->low = rtt;
+        }
+        held->last = rtt;
     } else if (get_double(a->path, C_PATH, A_SRTT, &rtt) < 0) {
         return -1;
     }
@@ -842,6 +869,7 @@ static PyObject *answers(PyObject *self, PyObject *args)
     }
     Py_ssize_t i = start, taken = 0;
     int failed = 0;
+    held_t held = {NULL, 0.0, 0.0};
     for (; i < count; i++) {
         long n = lengths_get(&lengths, i);
         if (n == -1 && PyErr_Occurred()) {
@@ -866,7 +894,7 @@ static PyObject *answers(PyObject *self, PyObject *args)
         outcome_t o = check(&a, tags, paths, port, f, n, tag_obj, tag);
         if (o == TAKEN) {
             Py_INCREF(a.frame); /* tags held it; forget() drops that reference */
-            if (take(&a, tags, completed, drop_answered, now, now_d, f, tag_obj) < 0)
+            if (take(&a, &held, tags, completed, drop_answered, now, now_d, f, tag_obj) < 0)
                 o = FAILED;
             else
                 taken++;
@@ -883,7 +911,11 @@ static PyObject *answers(PyObject *self, PyObject *args)
     }
     lengths_close(&lengths);
     PyBuffer_Release(&buf);
-    if (failed)
+    if (failed) {
+        Py_CLEAR(held.path);
+        return NULL;
+    }
+    if (fold(&held) < 0)
         return NULL;
     return Py_BuildValue("(nn)", i, taken);
 }

@@ -598,34 +598,60 @@ class SessionCore:
         full = paths[0].frame_sectors * SECTOR_SIZE
         slot_data = self._slot_data(mv, size, full)
         answers = 0
+        held: PathWindow | None = None  # whose clean samples wait to be folded
+        held_rtt = held_low = 0.0
         for i in range(count):
             n = lengths[i]
             base = i * size
             if n < ATA_HEADER_LEN:
+                if held is not None:
+                    held.sample_rtt(held_rtt, held_low)
+                    held = None
                 self._odd_frame(port, mv[base : base + n], now)
                 continue
             src, head, tag, _aflags, err, _count, status = unpack(buf, base)
             if head != rx_ok:
+                if held is not None:
+                    held.sample_rtt(held_rtt, held_low)
+                    held = None
                 self._odd_frame(port, mv[base : base + n], now)
                 continue
             frame = get(tag)
             if frame is None:
+                if held is not None:
+                    held.sample_rtt(held_rtt, held_low)
+                    held = None
                 stats.stale_or_duplicate += 1
                 continue
             tx_path = paths[tag & 0xFF]
             if tx_path.io is not port or src != tx_path.target_mac:
+                if held is not None:
+                    held.sample_rtt(held_rtt, held_low)
+                    held = None
                 stats.wrong_source += 1
                 continue
             req = frame.req
             nbytes = frame.nbytes
             if req.is_write or req.nodata:
                 if n != ATA_HEADER_LEN and n > ETH_MIN_FRAME:
+                    if held is not None:
+                        held.sample_rtt(held_rtt, held_low)
+                        held = None
                     stats.wrong_length += 1
                     continue
             elif n != ATA_HEADER_LEN + nbytes and not (status & ERR_STATUS
                                                        and n <= ETH_MIN_FRAME):
+                if held is not None:
+                    held.sample_rtt(held_rtt, held_low)
+                    held = None
                 stats.wrong_length += 1
                 continue
+            # Clean: the latest transmission's good answer on a path that was not timing
+            # out. Its RTT sample waits to be folded with the rest of the batch's.
+            clean = tag == frame.tag and not tx_path.timeouts_in_row and not status & ERR_STATUS
+            if held is not None and not clean:
+                held.sample_rtt(held_rtt, held_low)
+                held = None
             if tag != frame.tag:  # only a valid answer may widen slack or the RTO
                 if frame.fast:
                     self._spurious(tx_path)
@@ -650,7 +676,17 @@ class SessionCore:
             path.answered += 1
             if frame.tries == 1:
                 rtt = now - frame.sent
-                path.sample_rtt(rtt)  # the estimator has one owner: PathWindow
+                # The estimator has one owner, PathWindow; a batch's clean samples are
+                # folded once, the latest with the lowest (sample_rtt).
+                if not clean:
+                    path.sample_rtt(rtt)
+                elif held is not path:
+                    if held is not None:
+                        held.sample_rtt(held_rtt, held_low)
+                    held, held_low = path, rtt
+                elif rtt < held_low:
+                    held_low = rtt
+                held_rtt = rtt
             else:
                 rtt = path.srtt
             cwnd = path.cwnd
@@ -690,6 +726,8 @@ class SessionCore:
                     txq.popleft()
                     continue
             self._drop_answered(path, now)
+        if held is not None:
+            held.sample_rtt(held_rtt, held_low)
         if answers:
             stats.answers += answers
             self.last_rx = now

@@ -162,10 +162,16 @@ class PathWindow:
     def _delay_target(self) -> float:
         return max(QUEUE_FACTOR * self.min_rtt, self.min_rtt + QUEUE_ALLOWANCE)
 
-    def sample_rtt(self, rtt: float) -> None:
-        """Fold one clean round-trip measurement into srtt/rttvar and recompute the RTO."""
-        if rtt < self.min_rtt:
-            self.min_rtt = rtt
+    def sample_rtt(self, rtt: float, lowest: float | None = None) -> None:
+        """Fold one clean round-trip measurement into srtt/rttvar and recompute the RTO.
+
+        A batch of answers folds one sample, its latest (``rtt``), with ``lowest`` the
+        smallest of the batch for min_rtt: a call per answered frame cost more Python
+        than the rest of the answer loop (131,000 calls per 128 MiB at MTU 1500).
+        """
+        low = rtt if lowest is None or lowest > rtt else lowest
+        if low < self.min_rtt:
+            self.min_rtt = low
             self.delay_target = self._delay_target()
         err = rtt - self.srtt
         self.srtt += err / 8
