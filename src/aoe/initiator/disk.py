@@ -61,11 +61,20 @@ class _RangeLock:
             self.give_back(span)
 
     def try_take(self, start: int, end: int) -> tuple[int, int] | None:
-        """Lock the range if nothing overlapping is held (never waits); the held span."""
+        """Lock the range if nothing overlapping is held (never waits); the held span.
+
+        _free and _take written out, with one bisection: every write of `aoe nbd` comes
+        here. A free range has no held range starting inside it, so it goes in where
+        its end would."""
+        last = end if end > start else start + 1
         with self._lock:
-            if not self._free(start, end):
+            starts = self._starts
+            i = bisect_left(starts, last)
+            if i and self._ends[starts[i - 1]] > start:
                 return None
-            return self._take(start, end)
+            starts.insert(i, start)
+            self._ends[start] = last
+        return (start, end)
 
     def _free(self, start: int, end: int) -> bool:
         end = max(end, start + 1)  # an empty range still owns its place
