@@ -154,7 +154,8 @@ def test_cpu_cap_joins_before_the_namespace_and_caps() -> None:
 def test_c_floor_pair_serves_the_image_faithfully(tmp_path: Path,
                                                  two_hosts_jumbo: TwoHosts) -> None:
     """The C responder the bench builds is a real AoE target (pyaoe's initiator reads
-    and writes it byte for byte), and the C reader reads what it asks for."""
+    and writes it byte for byte), in both of its ways of reading, and the C reader reads
+    what it asks for."""
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
     sys.path.insert(0, str(ROOT / "tools"))
@@ -167,14 +168,19 @@ def test_c_floor_pair_serves_the_image_faithfully(tmp_path: Path,
     data = os.urandom(8 << 20)
     image.write_bytes(data)
     hosts = two_hosts_jumbo
-    proc = hosts.target.popen([str(exe), "serve", hosts.cable.a_ifname, "7", "7", str(image)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     aoe = str(Path(sys.executable).with_name("aoe"))
     out = tmp_path / "out.img"
-    hosts.initiator.run([aoe, "copy", "-i", hosts.cable.b_ifname, "7.7", str(out)],
-                        timeout=120)
-    assert out.read_bytes() == data
+    for mode in ("serve-copy", "serve"):  # the last one stays up for the writes below
+        proc = hosts.target.popen([str(exe), mode, hosts.cable.a_ifname, "7", "7",
+                                   str(image)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        out.unlink(missing_ok=True)
+        hosts.initiator.run([aoe, "copy", "-i", hosts.cable.b_ifname, "7.7", str(out)],
+                            timeout=120)
+        assert out.read_bytes() == data, mode
+        if mode == "serve-copy":
+            hosts.lab.kill(proc)
     patch = tmp_path / "patch.bin"
     patch.write_bytes(os.urandom(1 << 20))
     hosts.initiator.run([aoe, "copy", "-i", hosts.cable.b_ifname, str(patch), "7.7"],
@@ -200,12 +206,14 @@ def test_bench_quick_fastreader_scenario(tmp_path: Path) -> None:
     [table] = json.loads(out_json.read_text())["tables"]
     assert [row[:3] for row in table["rows"]] == [
         ["9000", cap, target] for cap in ("25 %", "100 %")
-        for target in ("aoe serve", "vblade", "C responder (floor)")]
+        for target in ("aoe serve", "vblade", "C responder (floor)",
+                       "C responder, reads copied (pread)")]
     for row in table["rows"]:
         assert float(row[3]) > 0 and float(row[4]) > 0  # MB/s, the target's CPU s/GB
         assert int(row[5]) >= 0  # requests the reader resent
     assert table["headers"][5:] == ["requests resent", "/ vblade", "/ C responder"]
-    assert [row[7] for row in table["rows"] if row[2].startswith("C ")] == ["1.00", "1.00"]
+    assert [row[7] for row in table["rows"] if row[2] == "C responder (floor)"] == [
+        "1.00", "1.00"]
     assert len(table["goals"]) == 2
     assert not _bench_cgroups(proc.pid)
 

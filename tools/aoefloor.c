@@ -6,6 +6,10 @@
  * floor: what a userspace AoE pair reaches on this kernel with batched system calls.
  *
  *   aoefloor serve IFACE SHELF SLOT FILE         answer Query Config, IDENTIFY, READ/WRITE EXT
+ *   aoefloor serve-copy IFACE SHELF SLOT FILE    the same, but each read's data is pread into
+ *                                                 a buffer first (two copies per byte, as
+ *                                                 aoe serve and vblade do) instead of being
+ *                                                 sent straight from a mapping of FILE
  *   aoefloor read IFACE SHELF SLOT BYTES [WINDOW] read BYTES from sector 0; prints
  *                                                 "bytes seconds retransmits"
  *
@@ -115,7 +119,8 @@ static void send_all(int s, struct mmsghdr *smsg, int n) {
 
 /* ---- responder ---------------------------------------------------------------------- */
 
-static _Noreturn void serve(const char *iface, int shelf, int slot, const char *path) {
+static _Noreturn void serve(const char *iface, int shelf, int slot, const char *path,
+                            int copy) {
     int s = open_sock(iface);
     int fd = open(path, O_RDWR);
     if (fd < 0) die(path);
@@ -191,6 +196,12 @@ static _Noreturn void serve(const char *iface, int shelf, int slot, const char *
                     v[1].iov_base = disk + lba * 512;
                     v[1].iov_len = cnt * 512;
                     nv = 2;
+                    if (copy) {
+                        static uint8_t data[BATCH][FRAME];
+                        if (pread(fd, data[out], cnt * 512, (off_t)(lba * 512)) != (ssize_t)(cnt * 512))
+                            die("pread");
+                        v[1].iov_base = data[out];
+                    }
                 } else if ((q->status == 0x34 || q->status == 0x30) && lba + cnt <= sectors &&
                            len >= HDR + cnt * 512) {
                     memcpy(disk + lba * 512, rx[i] + HDR, cnt * 512);
@@ -350,12 +361,12 @@ static int reader(const char *iface, int shelf, int slot, uint64_t bytes, int wi
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 6 && !strcmp(argv[1], "serve"))
-        serve(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5]);
+    if (argc >= 6 && (!strcmp(argv[1], "serve") || !strcmp(argv[1], "serve-copy")))
+        serve(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5], !strcmp(argv[1], "serve-copy"));
     if (argc >= 6 && !strcmp(argv[1], "read"))
         return reader(argv[2], atoi(argv[3]), atoi(argv[4]), strtoull(argv[5], NULL, 0),
                       argc > 6 ? atoi(argv[6]) : 64);
-    fprintf(stderr, "usage: aoefloor serve IFACE SHELF SLOT FILE\n"
+    fprintf(stderr, "usage: aoefloor serve|serve-copy IFACE SHELF SLOT FILE\n"
                     "       aoefloor read IFACE SHELF SLOT BYTES [WINDOW]\n");
     return 2;
 }

@@ -2,7 +2,9 @@
 
 pyaoe's initiator is not in the way here: the same small C reader reads `aoe serve`,
 vblade and the C responder of the same file (the floor: what a batched userspace AoE pair
-reaches on this kernel). Each target runs alone on the cable, in a cgroup of its own,
+reaches on this kernel), and that responder once more copying each read into a buffer
+first, as `aoe serve` and vblade do (the floor sends straight from a mapping of the file:
+one copy per byte instead of two). Each target runs alone on the cable, in a cgroup of its own,
 capped at 25 % of one core or uncapped; the reader runs uncapped in a group of its own.
 The C program is built with the system compiler into the run's scratch directory.
 """
@@ -23,8 +25,9 @@ from benchkit.options import Options
 from benchkit.report import Bar, Goal, Table, median, spread
 
 SOURCE = TOOLS / "aoefloor.c"
-TARGETS = ("serve", "vblade", "floor")
-LABEL = {"serve": "aoe serve", "vblade": "vblade", "floor": "C responder (floor)"}
+TARGETS = ("serve", "vblade", "floor", "copy")
+LABEL = {"serve": "aoe serve", "vblade": "vblade", "floor": "C responder (floor)",
+         "copy": "C responder, reads copied (pread)"}
 CAPS = (25, 100)
 WINDOW = 64
 
@@ -67,6 +70,7 @@ def start(bench: Bench, cap: CpuCap, exe: Path, kind: str, image: Path,
                   f"{shelf}.{slot}", str(image)],
         "vblade": ["vblade", str(shelf), str(slot), ifname, str(image)],
         "floor": [str(exe), "serve", ifname, str(shelf), str(slot), str(image)],
+        "copy": [str(exe), "serve-copy", ifname, str(shelf), str(slot), str(image)],
     }[kind]
     proc = cap.popen(bench.target_host, argv, stdout=subprocess.PIPE,
                      stderr=subprocess.DEVNULL, text=True)
