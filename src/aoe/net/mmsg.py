@@ -48,12 +48,14 @@ def _address(buf: bytearray) -> int:
     return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
-def _send_all(fd: int, hdrs: int, total: int, strict: bool = False) -> int:
+def _send_all(fd: int, hdrs: int, total: int, strict: bool = False,
+              errors: list[int] | None = None) -> int:
     """Send the ``total`` messages of the mmsghdr array at address ``hdrs``, with as few
     sendmmsg calls as the kernel allows; returns how many it refused.
 
     A refused message (e.g. ENOBUFS, interface down) is skipped so one bad frame never
-    stalls the rest, or, with ``strict``, raised as OSError.
+    stalls the rest, or, with ``strict``, raised as OSError. ``errors`` collects the errno
+    of each refusal.
     """
     sent = refused = 0
     while sent < total:
@@ -66,28 +68,34 @@ def _send_all(fd: int, hdrs: int, total: int, strict: bool = False) -> int:
             continue
         if strict:
             raise OSError(err, os.strerror(err))
+        if errors is not None:
+            errors.append(err)
         refused += 1
         sent += 1  # drop the message the kernel refused
     return refused
 
 
 class _MsgVec:
-    """An mmsghdr array whose entry i uses iovec i (one buffer per message)."""
+    """An mmsghdr array whose entry i uses iovec i (one buffer per message), or with
+    ``gather`` iovecs 2i and 2i+1 (a buffer, then data anywhere: empty unless set)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, gather: bool = False) -> None:
         self.count = count
+        per = 2 if gather else 1
         self.hdrs = bytearray(count * _MMSGHDR_SIZE)
-        self.iovs = bytearray(count * _IOVEC_SIZE)
+        self.iovs = bytearray(count * per * _IOVEC_SIZE)
         self.hdr_addr = _address(self.hdrs)
         self.iov_addr = _address(self.iovs)
         h64 = memoryview(self.hdrs).cast("Q")
         for i in range(count):
             base = i * _MMSGHDR_SIZE // 8
-            h64[base + _MSG_IOV // 8] = self.iov_addr + i * _IOVEC_SIZE
-            h64[base + _MSG_IOVLEN // 8] = 1
+            h64[base + _MSG_IOV // 8] = self.iov_addr + i * per * _IOVEC_SIZE
+            h64[base + _MSG_IOVLEN // 8] = per
         iov64 = memoryview(self.iovs).cast("Q")
-        self.bases = iov64[0::2]  # iov_base of message i
-        self.lens = iov64[1::2]  # iov_len of message i
+        self.bases = iov64[0 :: 2 * per]  # iov_base of message i
+        self.lens = iov64[1 :: 2 * per]  # iov_len of message i
+        self.data_bases = iov64[2 :: 2 * per] if gather else None
+        self.data_lens = iov64[3 :: 2 * per] if gather else None
         h32 = memoryview(self.hdrs).cast("I")
         self.msg_len = h32[_MSG_LEN // 4 :: _MMSGHDR_SIZE // 4]
         self.msg_flags = h32[_MSG_FLAGS // 4 :: _MMSGHDR_SIZE // 4]
@@ -117,7 +125,7 @@ class FrameBatch:
         # Received lengths and flags of the last recv(), indexed by slot.
         self.lengths = self._rx.msg_len
         self.flags = self._rx.msg_flags
-        self._tx = _MsgVec(count)
+        self._tx = _MsgVec(count, gather=True)
         self._tx_bases = self._tx.bases
         self._tx_lens = self._tx.lens
         # Send entry i points at slot i until someone queues out of order; a responder that
@@ -125,9 +133,15 @@ class FrameBatch:
         for i in range(count):
             self._tx_bases[i] = self.slots[i]
         self.tx_lens = self._tx_lens
+        # Data sent after slot i's bytes, by address (a target's read reply straight from a
+        # mapping of its disk, readmap.py); empty unless a responder sets it for the burst.
+        assert self._tx.data_bases is not None and self._tx.data_lens is not None
+        self.tx_data_addrs: memoryview = self._tx.data_bases
+        self.tx_data_lens: memoryview = self._tx.data_lens
         self._tx_identity = True
         self.queued = 0
         self.send_errors = 0
+        self.send_faults = 0  # refusals with EFAULT: data that could not be read
 
     # --- receiving ------------------------------------------------------------------
     def recv(self, block: bool = False) -> int:
@@ -161,11 +175,14 @@ class FrameBatch:
             q = 0
         self._tx_bases[q] = self.slots[slot] + offset
         self._tx_lens[q] = length
+        self.tx_data_lens[q] = 0
         self._tx_identity = False
         self.queued = q + 1
 
     def send_slots(self, lengths: Sequence[int], n: int) -> int:
-        """Send slot i with ``lengths[i]`` bytes for every i < n whose length is positive.
+        """Send slot i with ``lengths[i]`` bytes for every i < n whose length is positive,
+        followed by ``tx_data_lens[i]`` bytes at ``tx_data_addrs[i]`` (the caller set or
+        cleared both for every such slot).
 
         The fast way to answer a burst in place: when every slot has a reply, only the n
         lengths are written before one sendmmsg. Returns how many frames were queued.
@@ -185,6 +202,8 @@ class FrameBatch:
             if r > 0:
                 if q != i:
                     bases[q] = slots[i]
+                    self.tx_data_addrs[q] = self.tx_data_addrs[i]
+                    self.tx_data_lens[q] = self.tx_data_lens[i]
                     self._tx_identity = False
                 tx_lens[q] = r
                 q += 1
@@ -200,6 +219,7 @@ class FrameBatch:
             q = 0
         self._tx_bases[q] = address
         self._tx_lens[q] = length
+        self.tx_data_lens[q] = 0
         self._tx_identity = False
         self.queued = q + 1
 
@@ -211,7 +231,11 @@ class FrameBatch:
         """
         total = self.queued
         if total:
-            self.send_errors += _send_all(self.out_fd, self._tx.hdr_addr, total)
+            errors: list[int] = []
+            self.send_errors += _send_all(self.out_fd, self._tx.hdr_addr, total,
+                                          errors=errors)
+            if errors:
+                self.send_faults += errors.count(errno.EFAULT)
         self.queued = 0
         return total
 

@@ -51,10 +51,12 @@ from .store import Store
 
 log = logging.getLogger("aoe.target")
 
+Column = memoryview  # unsigned 64-bit ints, one per slot (FrameBatch.tx_data_addrs, ...)
+
 # The compiled burst path (_burst.c), when the install could build it. AOE_ACCEL=0 keeps
 # the pure-Python path, which is the reference either way.
 BurstFn = Callable[[list[memoryview], Sequence[int], int, int, list[int], bytes,
-                    dict[bytes, Store], int, float],
+                    dict[bytes, Store], int, float, Column | None, Column | None],
                    tuple[int, int, int, int, int, int,
                          tuple[Store, bool, int, int, list[int]] | None]]
 
@@ -243,20 +245,27 @@ class Engine:
         return self._ata(buf, mv, n, exp, src, tag)
 
     def respond_batch(self, views: Sequence[memoryview], lengths: Sequence[int], n: int,
-                      out: list[int]) -> int:
+                      out: list[int], data: tuple[Column, Column] | None = None) -> int:
         """Answer a burst in place (see :meth:`_respond_batch_python`): through the
-        compiled path when it serves (:attr:`accelerated`), else the Python path."""
+        compiled path when it serves (:attr:`accelerated`), else the Python path.
+
+        ``data`` is the send queue's data columns (FrameBatch.tx_data_addrs and
+        tx_data_lens): given them, the compiled path sends reads of a mapped export from
+        the mapping (reply i is then ``out[i]`` bytes of slot i and ``data_lens[i]`` bytes
+        at ``data_addrs[i]``; see _burst.c). The Python path leaves them alone."""
         burst = self._compiled
         if burst is None:
             return self._respond_batch_python(views, lengths, n, out)
-        return self._respond_batch_compiled(burst, views, lengths, n, out)
+        return self._respond_batch_compiled(burst, views, lengths, n, out, data)
 
     def _respond_batch_compiled(self, burst: BurstFn, views: Sequence[memoryview],
-                                lengths: Sequence[int], n: int, out: list[int]) -> int:
+                                lengths: Sequence[int], n: int, out: list[int],
+                                data: tuple[Column, Column] | None = None) -> int:
         """The burst through _burst.c, which answers the plain READs and WRITEs exactly as
         :meth:`_respond_batch_python` does and hands back, in order, each frame it leaves
         to the general code (answered here with :meth:`respond_in_place`) and each run the
         store did not take whole (finished here with :meth:`_flush_run`)."""
+        addrs, lens = data if data is not None else (None, None)
         c = self.counters
         mac = self.mac
         by_addr = self._by_addr
@@ -266,7 +275,7 @@ class Engine:
         i = replies = 0
         while i < n:
             i, done, reads, bread, writes, bwritten, failed = burst(
-                views, lengths, i, n, out, mac, by_addr, max_sectors, now)
+                views, lengths, i, n, out, mac, by_addr, max_sectors, now, addrs, lens)
             replies += done
             if reads:
                 c.reads += reads
