@@ -366,6 +366,19 @@ def test_random_reads_and_files_with_holes_are_read_through_preadv(
         assert store.map_addr != 0  # the slice exported holds no hole
 
 
+def test_a_slice_is_read_from_the_mapping_from_its_first_sector(tmp_path: Path) -> None:
+    """An export that starts inside its file (--offset) is mapped there, and a reader
+    starting at its sector 0 is already sequential."""
+    image = tmp_path / "d.img"
+    data = os.urandom(SECTORS * 512)
+    image.write_bytes(data)
+    with Store.open(ExportSpec(1, 0, str(image), offset=4096 + 512), tmp_path / "st") as store:
+        side = Side([image], [store], Engine([store], TARGET, 1500, Counters()))
+        _got, sent, lens = run_mapped(side, [ata(AtaOpcode.READ_SECTORS_EXT, 0, 2, tag=1)])
+        assert lens == [1024]
+        assert isinstance(sent[0], bytes) and sent[0][36:] == data[4608 : 4608 + 1024]
+
+
 def test_the_mapping_is_made_afresh_and_can_be_given_up(tmp_path: Path) -> None:
     """Every REMAP_EVERY bytes read the mapping is replaced (its page tables go with the
     old one); after a fault the store reads through preadv for good."""

@@ -2,14 +2,14 @@
  * aoe.initiator._compiled: the session core's two per-frame loops, compiled.
  *
  * Optional accelerators for SessionCore.on_answers and SessionCore._cut (core.py), which
- * stay the reference and the owners of every rule. answers() takes only the clean answer, the one
- * that loop handles most often (a good ATA answer from the right MAC on the right port,
- * of the right length, to the latest transmission of an outstanding frame, on a path
+ * stay the reference and the owners of every rule. answers() takes only the clean answer,
+ * the one that loop handles most often (a good ATA answer from the right MAC on the right
+ * port, of the right length, to the latest transmission of an outstanding frame, on a path
  * that has not been timing out). For it, it does what core.py does, in the same order:
  * read data copied into the caller's buffer, the path's answered count, the RTT sample
- * (held, and folded once per batch through PathWindow.sample_rtt itself), the window step written out in on_answers, the
- * path's high-water mark, the frame forgotten with all its tags, the request completed,
- * the sending order trimmed (through SessionCore._drop_answered unless the head simply
+ * (held, and folded once per batch through PathWindow.sample_rtt itself), the window step
+ * written out in on_answers, the path's high-water mark, the frame forgotten with all its
+ * tags, the request completed, the sending order trimmed (through SessionCore._drop_answered unless the head simply
  * moves on). At any other frame it stops before touching anything and returns its index;
  * core.py handles that frame and calls again for the rest, so answers are taken in
  * arrival order. cut() is _cut written out: the same turns of RUN_FRAMES frames, the same

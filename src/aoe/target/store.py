@@ -126,7 +126,7 @@ class Store:
         # allocates the page, and a sparse image would fill up memory as it is read.
         self._read_map: ReadMap | None = None
         self.map_addr = 0  # where byte `base` is mapped; 0: reads go through preadv
-        self.map_next = 0  # where a sequential reader's next read starts (_burst.c)
+        self.map_next = self.base  # where a sequential reader's next read starts (_burst.c)
         self.remap_at = 0  # bytes_read past which the mapping is made afresh
         length = self.sectors * SECTOR_SIZE
         if (not spec.direct and length and accel.wanted()
