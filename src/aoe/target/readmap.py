@@ -13,12 +13,9 @@ device, a file truncated under the export) fails that one send with EFAULT inste
 stopping the process with SIGBUS; the server then stops using mappings, and the
 initiator's retry is served by ``preadv``, which answers the error as before.
 
-The mapping is made afresh every REMAP_EVERY bytes read from the export: page tables grow
-with every page touched (8 bytes per 4 KiB), and a netbook reading a whole 500 GB disk must
-not keep a gigabyte of them. The pages a mapping shows count in the target's RSS (they
-are the page cache's, not its own memory), and mapped pages are the last the kernel
-evicts: a small window keeps both small. Sequential reads fault each page in once either
-way, so a new mapping costs them only its own set-up.
+The mapping is made afresh every REMAP_EVERY bytes served from it: page tables grow with
+every page touched (8 bytes per 4 KiB), and a netbook reading a whole 500 GB disk must not
+keep a gigabyte of them.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 MAP_FAILED = ctypes.c_void_p(-1).value
-REMAP_EVERY = 64 << 20  # bytes read from an export before its mapping is replaced
+REMAP_EVERY = 256 << 20  # bytes read from an export before its mapping is replaced
 
 
 class ReadMap:
