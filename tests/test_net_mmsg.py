@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from aoe.net.mmsg import FrameBatch, GatherBatch, buffer_address
+from aoe.net.mmsg import GatherBatch, buffer_address
 
 
 def test_buffer_address_of_bytes_bytearray_and_slices() -> None:
@@ -68,48 +68,3 @@ def test_gather_batch_counts_a_refused_frame_and_goes_on() -> None:
         assert tx.send_errors == 2 and tx.queued == 0
     finally:
         a.close()
-
-
-def test_frame_batch_sends_a_slot_then_data_where_a_responder_points() -> None:
-    """A reply in slot i can be followed by data anywhere (a target's read sent from a
-    mapping of its disk); compacted replies keep their own data, and a queued frame has
-    none."""
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        batch = FrameBatch(a, count=4, slot_size=64)
-        payload = bytes(range(100))
-        keep = memoryview(payload)
-        base = buffer_address(keep)
-        for i in range(4):
-            batch.views[i][:4] = bytes([i]) * 4
-            batch.tx_data_addrs[i] = base + 10 * i
-            batch.tx_data_lens[i] = 3 if i != 0 else 0
-        assert batch.send_slots([4, 0, 4, 4], 4) == 3  # slot 1 has no reply
-        assert [b.recv(100) for _ in range(3)] == [
-            bytes([0]) * 4, bytes([2]) * 4 + payload[20:23], bytes([3]) * 4 + payload[30:33]]
-        batch.queue(1, 4)
-        batch.flush()
-        assert b.recv(100) == bytes([1]) * 4  # no data left over from the burst
-        assert batch.send_errors == batch.send_faults == 0
-    finally:
-        a.close()
-        b.close()
-
-
-def test_frame_batch_counts_data_that_cannot_be_read_as_a_fault() -> None:
-    """Data the kernel cannot read (an unmapped address, as a mapping of a file cut short
-    shows beyond its end) fails that frame with EFAULT; the others go out."""
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        batch = FrameBatch(a, count=3, slot_size=64)
-        for i in range(3):
-            batch.views[i][:2] = bytes([i]) * 2
-            batch.tx_data_lens[i] = 0
-        batch.tx_data_addrs[1] = 4096  # the first page is never mapped
-        batch.tx_data_lens[1] = 16
-        assert batch.send_slots([2, 2, 2], 3) == 3
-        assert batch.send_errors == 1 and batch.send_faults == 1
-        assert [b.recv(100) for _ in range(2)] == [bytes([0]) * 2, bytes([2]) * 2]
-    finally:
-        a.close()
-        b.close()

@@ -8,7 +8,6 @@ peer records.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import shutil
@@ -33,7 +32,7 @@ from aoe.protocol import (
     Frame,
     encode,
 )
-from aoe.target import Counters, Engine, ExportSpec, Store, readmap
+from aoe.target import Counters, Engine, ExportSpec, Store
 from aoe.target import engine as engine_module
 
 TARGET = bytes.fromhex("020000000001")
@@ -137,52 +136,6 @@ def same(py: Side, cc: Side, frames: list[bytes], lengths: list[int] | None = No
     assert a[2] == b[2]  # every byte of every slot
     assert state(py) == state(cc)
     return a[1]
-
-
-def run_mapped(side: Side, frames: list[bytes]) -> tuple[int, list[object], list[int]]:
-    """As :func:`run`, handing the engine the send queue's data columns: what would go
-    out for each frame (its reply: slot bytes, then the data its column points at, read
-    from the image file rather than through the mapping; else its reply length) and the
-    data lengths."""
-    buf = bytearray(SLOT * len(frames))
-    whole = memoryview(buf)
-    views = [whole[i * SLOT : (i + 1) * SLOT] for i in range(len(frames))]
-    for v, f in zip(views, frames, strict=True):
-        v[: len(f)] = f[:SLOT]
-    n = len(frames)
-    out = [0] * n
-    addrs = memoryview(bytearray(8 * n)).cast("Q")
-    lens = memoryview(bytearray(8 * n)).cast("Q")
-    for i in range(n):
-        lens[i] = 12345  # left from an earlier burst: the burst clears it
-    side.engine.now = 1234.5
-    got = side.engine.respond_batch(views, [len(f) for f in frames], n, out, (addrs, lens))
-    sent: list[object] = []
-    for i in range(n):
-        if out[i] <= 0:
-            sent.append(out[i])
-            continue
-        reply = bytes(views[i][: out[i]])
-        if lens[i]:
-            store = next(s for s in side.stores
-                         if s.map_addr <= addrs[i] < s.map_addr + s.sectors * 512)
-            with open(store.spec.path, "rb") as f:
-                f.seek(store.base + addrs[i] - store.map_addr)
-                reply += f.read(lens[i])
-        sent.append(reply)
-    return got, sent, list(lens)
-
-
-def same_mapped(py: Side, cc: Side, frames: list[bytes]) -> list[int]:
-    """The Python path and the compiled one given the data columns send the same frames
-    and leave the same state; the data lengths the compiled path set."""
-    got, out, raw = run(py, frames)
-    expected = [raw[i * SLOT : i * SLOT + r] if r > 0 else r for i, r in enumerate(out)]
-    cc_got, sent, lens = run_mapped(cc, frames)
-    assert sent == expected
-    assert cc_got == got
-    assert state(py) == state(cc)
-    return lens
 
 
 def ata(op: int, lba: int, count: int, data: bytes = b"", *, ext: bool = True,
@@ -325,79 +278,6 @@ def test_a_direct_export_stays_on_the_python_path(tmp_path: Path) -> None:
         assert not Engine([store], TARGET, 1500).accelerated
 
 
-# --- reads sent from a mapping of the disk ---------------------------------------------
-def test_sequential_reads_go_out_from_the_mapping(sides: tuple[Side, Side]) -> None:
-    py, cc = sides
-    assert all(st.map_addr for st in cc.stores)  # whole images, no holes: mapped
-    frames = [ata(AtaOpcode.READ_SECTORS_EXT, 2 * i, 2, tag=i) for i in range(4)]
-    assert same_mapped(py, cc, frames) == [1024] * 4
-    # the reader goes on, interleaved with one starting on the other disk: each disk
-    # follows its own reader; a read that skips ahead is not sequential
-    frames = [ata(AtaOpcode.READ_SECTORS_EXT, lba, 2, tag=i, slot=disk)
-              for i, (disk, lba) in enumerate([(0, 8), (1, 0), (0, 10), (1, 2), (1, 9)])]
-    assert same_mapped(py, cc, frames) == [1024, 1024, 1024, 1024, 0]
-
-
-def test_a_burst_that_writes_reads_everything_through_preadv(sides: tuple[Side, Side]) -> None:
-    """Mapped data is read when the burst is sent: a write later in the same burst must
-    not show in an earlier read's reply, so such a burst reads as before."""
-    py, cc = sides
-    new = bytes([0xA5]) * 1024
-    frames = [ata(AtaOpcode.READ_SECTORS_EXT, 0, 2, tag=1),
-              ata(AtaOpcode.WRITE_SECTORS_EXT, 0, 2, new, tag=2)]
-    assert same_mapped(py, cc, frames) == [0, 0]
-    assert same_mapped(py, cc, [ata(AtaOpcode.READ_SECTORS_EXT, 0, 2, tag=3)]) == [0]
-    again = [ata(AtaOpcode.READ_SECTORS_EXT, 2, 2, tag=4)]  # sequential after the last
-    assert same_mapped(py, cc, again) == [1024]
-
-
-def test_random_reads_and_files_with_holes_are_read_through_preadv(
-        sides: tuple[Side, Side], tmp_path: Path) -> None:
-    py, cc = sides
-    frames = [ata(AtaOpcode.READ_SECTORS_EXT, lba, 1, tag=lba) for lba in (100, 7, 50)]
-    assert same_mapped(py, cc, frames) == [0, 0, 0]
-    sparse = tmp_path / "sparse.img"
-    with open(sparse, "wb") as f:
-        f.write(b"x" * 4096)
-        f.truncate(1 << 20)  # a hole after the first page
-    with Store.open(ExportSpec(1, 3, str(sparse)), tmp_path / "st") as store:
-        assert store.map_addr == 0
-    with Store.open(ExportSpec(1, 3, str(sparse), length=4096), tmp_path / "st") as store:
-        assert store.map_addr != 0  # the slice exported holds no hole
-
-
-def test_a_slice_is_read_from_the_mapping_from_its_first_sector(tmp_path: Path) -> None:
-    """An export that starts inside its file (--offset) is mapped there, and a reader
-    starting at its sector 0 is already sequential."""
-    image = tmp_path / "d.img"
-    data = os.urandom(SECTORS * 512)
-    image.write_bytes(data)
-    with Store.open(ExportSpec(1, 0, str(image), offset=4096 + 512), tmp_path / "st") as store:
-        side = Side([image], [store], Engine([store], TARGET, 1500, Counters()))
-        _got, sent, lens = run_mapped(side, [ata(AtaOpcode.READ_SECTORS_EXT, 0, 2, tag=1)])
-        assert lens == [1024]
-        assert isinstance(sent[0], bytes) and sent[0][36:] == data[4608 : 4608 + 1024]
-
-
-def test_the_mapping_is_made_afresh_and_can_be_given_up(tmp_path: Path) -> None:
-    """Every REMAP_EVERY bytes read the mapping is replaced (its page tables go with the
-    old one); after a fault the store reads through preadv for good."""
-    image = tmp_path / "d.img"
-    image.write_bytes(os.urandom(SECTORS * 512))
-    with Store.open(ExportSpec(1, 0, str(image)), tmp_path / "st") as store:
-        first = store.remap_at
-        assert store.map_addr and first == readmap.REMAP_EVERY
-        store.bytes_read = first + 4096
-        store.refresh_mapping()
-        assert store.map_addr and store.remap_at == first + 4096 + readmap.REMAP_EVERY
-        view = (ctypes.c_char * 512).from_address(store.map_addr + 512)
-        assert bytes(view) == image.read_bytes()[512:1024]  # the new one shows the file
-        store.stop_mapping()
-        assert store.map_addr == 0 and store.remap_at == 0
-        store.refresh_mapping()  # given up for good
-        assert store.map_addr == 0
-
-
 # --- random bursts ----------------------------------------------------------------------
 OPS = [AtaOpcode.READ_SECTORS_EXT, AtaOpcode.READ_SECTORS, AtaOpcode.WRITE_SECTORS_EXT,
        AtaOpcode.WRITE_SECTORS, AtaOpcode.IDENTIFY_DEVICE, AtaOpcode.CHECK_POWER_MODE]
@@ -430,6 +310,3 @@ def test_random_bursts_match(burst: list[bytes]) -> None:
     with two_sides() as (py, cc):
         same(py, cc, burst)
         same(py, cc, burst)  # again: the peers and totals add up the same way
-    with two_sides() as (py, cc):  # with the data columns: reads from the mapping
-        same_mapped(py, cc, burst)
-        same_mapped(py, cc, burst)

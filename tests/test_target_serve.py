@@ -17,7 +17,6 @@ from aoe.lab import Lab
 from aoe.lab.pair import TwoHosts, make_two_hosts
 from aoe.protocol import (
     BROADCAST_MAC,
-    AtaBody,
     AtaErrorBits,
     AtaOpcode,
     AtaStatus,
@@ -35,11 +34,9 @@ from aoe.protocol import (
 )
 from aoe.protocol.errors import AoeError
 from aoe.target import ExportSpec, Target
-from aoe.target import engine as engine_module
 
 from .support.target import (
     Client,
-    Reply,
     RunningTarget,
     aoe_cmd,
     make_image,
@@ -288,35 +285,6 @@ def test_rss_stays_flat_on_a_4gib_sparse_image(two_hosts: TwoHosts, client: Clie
         assert rss <= 64 * 1024, f"RSS {rss} KiB"
     finally:
         rt.stop(two_hosts.lab)
-
-
-def test_a_read_the_mapping_cannot_serve_is_answered_when_retried(
-        two_hosts: TwoHosts, client: Client, tmp_path: Path) -> None:
-    """Sequential reads go out from a mapping of the image. When the file is cut short
-    under the export, the send from the mapping fails (EFAULT: the target never touches
-    the mapping itself, so no SIGBUS): that reply is dropped, the target stops mapping,
-    and the initiator's retry gets the error preadv finds."""
-    if engine_module.COMPILED_BURST is None:
-        pytest.skip("the compiled burst path was not built")
-    image = make_image(tmp_path / "disk.img", 1 << 20)
-    data = image.read_bytes()
-    rt = start_pyaoe(two_hosts, image, tmp_path / "st")
-    try:
-        def read(lba: int, timeout: float = 1.0) -> Reply | None:
-            return client.request(client.ata(rt.mac, rt.shelf, rt.slot,
-                                             AtaOpcode.READ_SECTORS_EXT, lba, 2), timeout)
-
-        first = read(0)
-        assert first is not None and bytes(first.frame.body.data) == data[:1024]  # type: ignore[union-attr]
-        os.truncate(image, 0)
-        assert read(2, timeout=0.5) is None  # next in sequence: sent from the mapping
-        retry = read(2)
-        assert retry is not None
-        assert isinstance(retry.frame.body, AtaBody) and retry.frame.body.cmd_status & AtaStatus.ERR
-        assert rt.proc.poll() is None
-    finally:
-        _out, err = rt.stop(two_hosts.lab)
-    assert "read_map_fault" in err
 
 
 def test_config_file_serves_many_exports_on_two_interfaces(lab: Lab, tmp_path: Path) -> None:

@@ -82,9 +82,7 @@ def cpu_table(data: Samples, opts: Options) -> Table:
         "divided by the gigabytes moved; kernel work done on behalf of the other side "
         "(veth delivery runs in the sender's context) lands in the sender's figure. "
         "Peak RSS: VmHWM, reset before each transfer; the initiator's includes its copy "
-        "pipeline buffers (3 × 4 MiB in flight), aoe serve's the image's page cache it "
-        "sends sequential reads from (mapped, up to 256 MiB of it before the mapping is "
-        "made afresh; memory of the page cache, not of the target).")
+        "pipeline buffers (3 × 4 MiB in flight).")
     return t
 
 

@@ -48,14 +48,12 @@ def _address(buf: bytearray) -> int:
     return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
-def _send_all(fd: int, hdrs: int, total: int, strict: bool = False,
-              errors: list[int] | None = None) -> int:
+def _send_all(fd: int, hdrs: int, total: int, strict: bool = False) -> int:
     """Send the ``total`` messages of the mmsghdr array at address ``hdrs``, with as few
     sendmmsg calls as the kernel allows; returns how many it refused.
 
     A refused message (e.g. ENOBUFS, interface down) is skipped so one bad frame never
-    stalls the rest, or, with ``strict``, raised as OSError. ``errors`` collects the errno
-    of each refusal.
+    stalls the rest, or, with ``strict``, raised as OSError.
     """
     sent = refused = 0
     while sent < total:
@@ -68,34 +66,28 @@ def _send_all(fd: int, hdrs: int, total: int, strict: bool = False,
             continue
         if strict:
             raise OSError(err, os.strerror(err))
-        if errors is not None:
-            errors.append(err)
         refused += 1
         sent += 1  # drop the message the kernel refused
     return refused
 
 
 class _MsgVec:
-    """An mmsghdr array whose entry i uses iovec i (one buffer per message), or with
-    ``gather`` iovecs 2i and 2i+1 (a buffer, then data anywhere: empty unless set)."""
+    """An mmsghdr array whose entry i uses iovec i (one buffer per message)."""
 
-    def __init__(self, count: int, gather: bool = False) -> None:
+    def __init__(self, count: int) -> None:
         self.count = count
-        per = 2 if gather else 1
         self.hdrs = bytearray(count * _MMSGHDR_SIZE)
-        self.iovs = bytearray(count * per * _IOVEC_SIZE)
+        self.iovs = bytearray(count * _IOVEC_SIZE)
         self.hdr_addr = _address(self.hdrs)
         self.iov_addr = _address(self.iovs)
         h64 = memoryview(self.hdrs).cast("Q")
         for i in range(count):
             base = i * _MMSGHDR_SIZE // 8
-            h64[base + _MSG_IOV // 8] = self.iov_addr + i * per * _IOVEC_SIZE
-            h64[base + _MSG_IOVLEN // 8] = per
+            h64[base + _MSG_IOV // 8] = self.iov_addr + i * _IOVEC_SIZE
+            h64[base + _MSG_IOVLEN // 8] = 1
         iov64 = memoryview(self.iovs).cast("Q")
-        self.bases = iov64[0 :: 2 * per]  # iov_base of message i
-        self.lens = iov64[1 :: 2 * per]  # iov_len of message i
-        self.data_bases = iov64[2 :: 2 * per] if gather else None
-        self.data_lens = iov64[3 :: 2 * per] if gather else None
+        self.bases = iov64[0::2]  # iov_base of message i
+        self.lens = iov64[1::2]  # iov_len of message i
         h32 = memoryview(self.hdrs).cast("I")
         self.msg_len = h32[_MSG_LEN // 4 :: _MMSGHDR_SIZE // 4]
         self.msg_flags = h32[_MSG_FLAGS // 4 :: _MMSGHDR_SIZE // 4]
@@ -125,7 +117,7 @@ class FrameBatch:
         # Received lengths and flags of the last recv(), indexed by slot.
         self.lengths = self._rx.msg_len
         self.flags = self._rx.msg_flags
-        self._tx = _MsgVec(count, gather=True)
+        self._tx = _MsgVec(count)
         self._tx_bases = self._tx.bases
         self._tx_lens = self._tx.lens
         # Send entry i points at slot i until someone queues out of order; a responder that
@@ -133,15 +125,9 @@ class FrameBatch:
         for i in range(count):
             self._tx_bases[i] = self.slots[i]
         self.tx_lens = self._tx_lens
-        # Data sent after slot i's bytes, by address (a target's read reply straight from a
-        # mapping of its disk, readmap.py); empty unless a responder sets it for the burst.
-        assert self._tx.data_bases is not None and self._tx.data_lens is not None
-        self.tx_data_addrs: memoryview = self._tx.data_bases
-        self.tx_data_lens: memoryview = self._tx.data_lens
         self._tx_identity = True
         self.queued = 0
         self.send_errors = 0
-        self.send_faults = 0  # refusals with EFAULT: data that could not be read
 
     # --- receiving ------------------------------------------------------------------
     def recv(self, block: bool = False) -> int:
@@ -175,14 +161,11 @@ class FrameBatch:
             q = 0
         self._tx_bases[q] = self.slots[slot] + offset
         self._tx_lens[q] = length
-        self.tx_data_lens[q] = 0
         self._tx_identity = False
         self.queued = q + 1
 
     def send_slots(self, lengths: Sequence[int], n: int) -> int:
-        """Send slot i with ``lengths[i]`` bytes for every i < n whose length is positive,
-        followed by ``tx_data_lens[i]`` bytes at ``tx_data_addrs[i]`` (the caller set or
-        cleared both for every such slot).
+        """Send slot i with ``lengths[i]`` bytes for every i < n whose length is positive.
 
         The fast way to answer a burst in place: when every slot has a reply, only the n
         lengths are written before one sendmmsg. Returns how many frames were queued.
@@ -202,8 +185,6 @@ class FrameBatch:
             if r > 0:
                 if q != i:
                     bases[q] = slots[i]
-                    self.tx_data_addrs[q] = self.tx_data_addrs[i]
-                    self.tx_data_lens[q] = self.tx_data_lens[i]
                     self._tx_identity = False
                 tx_lens[q] = r
                 q += 1
@@ -219,7 +200,6 @@ class FrameBatch:
             q = 0
         self._tx_bases[q] = address
         self._tx_lens[q] = length
-        self.tx_data_lens[q] = 0
         self._tx_identity = False
         self.queued = q + 1
 
@@ -231,11 +211,7 @@ class FrameBatch:
         """
         total = self.queued
         if total:
-            errors: list[int] = []
-            self.send_errors += _send_all(self.out_fd, self._tx.hdr_addr, total,
-                                          errors=errors)
-            if errors:
-                self.send_faults += errors.count(errno.EFAULT)
+            self.send_errors += _send_all(self.out_fd, self._tx.hdr_addr, total)
         self.queued = 0
         return total
 

@@ -11,12 +11,6 @@
  * frame by frame and answers the failures). tests/test_target_burst.py feeds the same
  * bursts to both paths and compares every reply byte, the store and the counters.
  *
- * Given the send queue's data columns, a READ of an export mapped for reading
- * (readmap.py) is not read at all: its reply is the header in the slot followed by the
- * sectors where the mapping shows them, which sendmmsg copies into the frame once. Only
- * in a burst that holds no ATA command other than plain READs: the data is read when the
- * burst is sent, so no write of the same burst may come before that.
- *
  * The byte offsets are those of aoe.protocol.fastpath.ATA_REQUEST_FIELDS and REPLY_HEAD.
  */
 #define PY_SSIZE_T_CLEAN
@@ -52,8 +46,6 @@ typedef struct {
     int read_only;
     int guarded;
     int direct; /* O_DIRECT through a bounce buffer: Python's to serve */
-    const char *map; /* where byte `base` of the file is mapped for reading, or NULL */
-    long long map_next, map_next_was; /* where a sequential reader's next READ starts */
     long long bytes_read;
     long long bytes_written;
 } export_t;
@@ -106,11 +98,6 @@ static export_t *find_export(state_t *st, PyObject *by_addr, const uint8_t *addr
             || attr_bool(store, "guarded", &e->guarded) < 0
             || attr_bool(store, "direct", &e->direct) < 0)
             return NULL;
-        long long map;
-        if (attr_ll(store, "map_addr", &map) < 0 || attr_ll(store, "map_next", &e->map_next) < 0)
-            return NULL;
-        e->map = (const char *)(uintptr_t)map;
-        e->map_next_was = e->map_next;
         e->fd = (int)fd;
     }
     e->store = store;
@@ -247,71 +234,6 @@ static int flush_run(state_t *st, PyObject **failed)
 }
 
 
-/* A column of the send queue (FrameBatch.tx_data_addrs or tx_data_lens): unsigned 64-bit
- * ints, one per slot, possibly strided. */
-typedef struct {
-    Py_buffer view;
-    int open;
-} column_t;
-
-static int column_open(column_t *c, PyObject *obj, Py_ssize_t n)
-{
-    c->open = 0;
-    if (PyObject_GetBuffer(obj, &c->view, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
-        return -1;
-    c->open = 1;
-    if (c->view.ndim != 1 || c->view.itemsize != 8 || c->view.format == NULL
-        || strcmp(c->view.format, "Q") != 0 || c->view.shape[0] < n) {
-        PyErr_SetString(PyExc_ValueError, "a data column must be unsigned 64-bit, one per slot");
-        return -1;
-    }
-    return 0;
-}
-
-static inline void column_set(column_t *c, Py_ssize_t i, unsigned long long v)
-{
-    *(unsigned long long *)((char *)c->view.buf + i * c->view.strides[0]) = v;
-}
-
-static void column_close(column_t *c)
-{
-    if (c->open)
-        PyBuffer_Release(&c->view);
-    c->open = 0;
-}
-
-/* Whether frames start..n-1 hold no ATA command but plain READs (SECTORS, SECTORS EXT):
- * then reads may be sent from the mapping, since nothing in the burst writes before. */
-static int reads_only(PyObject *views, lengths_t *lengths, Py_ssize_t start, Py_ssize_t n)
-{
-    for (Py_ssize_t i = start; i < n; i++) {
-        PyObject *v = PyList_GET_ITEM(views, i);
-        if (!PyMemoryView_Check(v))
-            return 0; /* the burst loop refuses it */
-        Py_buffer *b = PyMemoryView_GET_BUFFER(v);
-        const uint8_t *f = b->buf;
-        long length = lengths_get(lengths, i);
-        if (length == -1 && PyErr_Occurred())
-            return -1;
-        if (length < 28 || b->len < 28 || f[12] != 0x88 || f[13] != 0xA2 || f[19] != 0)
-            continue; /* not an ATA command */
-        if ((f[24] & WRITE_FLAG) || (f[27] != 0x20 && f[27] != 0x24))
-            return 0;
-    }
-    return 1;
-}
-
-/* The reply header in place: dst <- src, src <- us, response, no error, DRDY. */
-static void reply_header(uint8_t *f, const char *mac)
-{
-    memcpy(f, f + 6, 6);
-    memcpy(f + 6, mac, 6);
-    f[14] = RESP_VERFLAGS;
-    f[15] = 0;
-    f[25] = 0;
-    f[27] = DRDY;
-}
-
 static int set_out(PyObject *out, Py_ssize_t i, long value)
 {
     PyObject *v = PyLong_FromLong(value);
@@ -325,9 +247,6 @@ static int export_totals(state_t *st)
 {
     for (int k = 0; k < st->used; k++) {
         export_t *e = &st->exports[k];
-        if (e->store != NULL && e->map_next != e->map_next_was
-            && attr_set_ll(e->store, "map_next", e->map_next) < 0)
-            return -1;
         const char *names[2] = {"bytes_read", "bytes_written"};
         long long amounts[2] = {e->bytes_read, e->bytes_written};
         for (int j = 0; j < 2; j++) {
@@ -343,27 +262,23 @@ static int export_totals(state_t *st)
 }
 
 PyDoc_STRVAR(burst_doc,
-"burst(views, lengths, start, n, out, mac, by_addr, max_sectors, now,\n"
-"      data_addrs=None, data_lens=None)\n"
+"burst(views, lengths, start, n, out, mac, by_addr, max_sectors, now)\n"
 "    -> (next, replies, reads, bytes_read, writes, bytes_written, failed)\n\n"
 "Answer frames start..n-1 in place as Engine.respond_batch does, up to the first frame\n"
 "left to Python (next < n; not yet touched) or a run the store did not take whole\n"
-"(failed = (store, write, pos, end, indices); frame next not yet touched). With the data\n"
-"columns, data_lens[start..n-1] are set: 0, or for a READ sent from a mapping, its bytes\n"
-"at data_addrs[i] (out[i] then counts the header only).");
+"(failed = (store, write, pos, end, indices); frame next not yet touched).");
 
 static PyObject *burst(PyObject *self, PyObject *args)
 {
     PyObject *views, *lengths_obj, *out, *by_addr, *now;
-    PyObject *addrs_obj = Py_None, *lens_obj = Py_None;
     Py_ssize_t start, n;
     const char *mac;
     Py_ssize_t mac_len;
     int max_sectors;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!OnnO!y#O!iO|OO", &PyList_Type, &views, &lengths_obj, &start,
-                          &n, &PyList_Type, &out, &mac, &mac_len, &PyDict_Type, &by_addr,
-                          &max_sectors, &now, &addrs_obj, &lens_obj))
+    if (!PyArg_ParseTuple(args, "O!OnnO!y#O!iO", &PyList_Type, &views, &lengths_obj, &start, &n,
+                          &PyList_Type, &out, &mac, &mac_len, &PyDict_Type, &by_addr,
+                          &max_sectors, &now))
         return NULL;
     if (mac_len != 6 || start < 0 || n > PyList_GET_SIZE(views) || n > PyList_GET_SIZE(out)) {
         PyErr_SetString(PyExc_ValueError, "bad burst arguments");
@@ -372,31 +287,8 @@ static PyObject *burst(PyObject *self, PyObject *args)
     lengths_t lengths;
     if (lengths_open(&lengths, lengths_obj) < 0)
         return NULL;
-    /* The data columns, if given: cleared for this burst; mapped reads only in a burst
-     * of plain READs. */
-    column_t addrs = {.open = 0}, lens = {.open = 0};
-    int mapping = 0;
-    if (addrs_obj != Py_None || lens_obj != Py_None) {
-        if (column_open(&addrs, addrs_obj, n) < 0 || column_open(&lens, lens_obj, n) < 0) {
-            column_close(&addrs);
-            column_close(&lens);
-            lengths_close(&lengths);
-            return NULL;
-        }
-        for (Py_ssize_t k = start; k < n; k++)
-            column_set(&lens, k, 0);
-        mapping = reads_only(views, &lengths, start, n);
-        if (mapping < 0) {
-            column_close(&addrs);
-            column_close(&lens);
-            lengths_close(&lengths);
-            return NULL;
-        }
-    }
     state_t *st = PyMem_Calloc(1, sizeof *st);
     if (st == NULL) {
-        column_close(&addrs);
-        column_close(&lens);
         lengths_close(&lengths);
         return PyErr_NoMemory();
     }
@@ -471,29 +363,6 @@ static PyObject *burst(PyObject *self, PyObject *args)
         if (lba + (unsigned long long)count > (unsigned long long)e->sectors)
             break;
         long long pos = e->base + (long long)(lba << 9);
-        int sequential = !write && pos == e->map_next;
-        if (!write)
-            e->map_next = pos + nbytes;
-        if (mapping && sequential && e->map != NULL) {
-            /* Sent from the mapping: nothing to read now, no run to join. A random read
-             * goes through preadv: a fault per page would cost more than the copy. */
-            if (peer_count(st, e, f + 6, now) < 0) {
-                error = 1;
-                break;
-            }
-            reply_header(f, mac);
-            column_set(&addrs, i, (unsigned long long)(uintptr_t)(e->map + (pos - e->base)));
-            column_set(&lens, i, (unsigned long long)nbytes);
-            if (set_out(out, i, ATA_HEADER_LEN) < 0) {
-                error = 1;
-                break;
-            }
-            st->reads++;
-            st->bytes_read += nbytes;
-            e->bytes_read += nbytes;
-            replies++;
-            continue;
-        }
         /* The run before this frame goes first: a failure hands it back untouched. */
         if (st->run_len
             && (st->run_exp != e || pos != st->run_end || st->run_write != write
@@ -510,7 +379,13 @@ static PyObject *burst(PyObject *self, PyObject *args)
             error = 1;
             break;
         }
-        reply_header(f, mac);
+        /* Reply header in place: dst <- src, src <- us, response, no error, DRDY. */
+        memcpy(f, f + 6, 6);
+        memcpy(f + 6, mac, 6);
+        f[14] = RESP_VERFLAGS;
+        f[15] = 0;
+        f[25] = 0;
+        f[27] = DRDY;
         if (st->run_len == 0) {
             st->run_exp = e;
             st->run_write = write;
@@ -534,8 +409,6 @@ static PyObject *burst(PyObject *self, PyObject *args)
     }
     if (!error && (peer_flush(st, now) < 0 || export_totals(st) < 0))
         error = 1;
-    column_close(&addrs);
-    column_close(&lens);
     lengths_close(&lengths);
     PyObject *result = NULL;
     if (!error)

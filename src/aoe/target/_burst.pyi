@@ -14,6 +14,4 @@ def burst(
     by_addr: dict[bytes, Store],
     max_sectors: int,
     now: float,
-    data_addrs: memoryview | None = None,
-    data_lens: memoryview | None = None,
 ) -> tuple[int, int, int, int, int, int, tuple[Store, bool, int, int, list[int]] | None]: ...

@@ -51,12 +51,10 @@ from .store import Store
 
 log = logging.getLogger("aoe.target")
 
-Column = memoryview  # unsigned 64-bit ints, one per slot (FrameBatch.tx_data_addrs, ...)
-
 # The compiled burst path (_burst.c), when the install could build it. AOE_ACCEL=0 keeps
 # the pure-Python path, which is the reference either way.
 BurstFn = Callable[[list[memoryview], Sequence[int], int, int, list[int], bytes,
-                    dict[bytes, Store], int, float, Column | None, Column | None],
+                    dict[bytes, Store], int, float],
                    tuple[int, int, int, int, int, int,
                          tuple[Store, bool, int, int, list[int]] | None]]
 
@@ -245,27 +243,20 @@ class Engine:
         return self._ata(buf, mv, n, exp, src, tag)
 
     def respond_batch(self, views: Sequence[memoryview], lengths: Sequence[int], n: int,
-                      out: list[int], data: tuple[Column, Column] | None = None) -> int:
+                      out: list[int]) -> int:
         """Answer a burst in place (see :meth:`_respond_batch_python`): through the
-        compiled path when it serves (:attr:`accelerated`), else the Python path.
-
-        ``data`` is the send queue's data columns (FrameBatch.tx_data_addrs and
-        tx_data_lens): given them, the compiled path sends reads of a mapped export from
-        the mapping (reply i is then ``out[i]`` bytes of slot i and ``data_lens[i]`` bytes
-        at ``data_addrs[i]``; see _burst.c). The Python path leaves them alone."""
+        compiled path when it serves (:attr:`accelerated`), else the Python path."""
         burst = self._compiled
         if burst is None:
             return self._respond_batch_python(views, lengths, n, out)
-        return self._respond_batch_compiled(burst, views, lengths, n, out, data)
+        return self._respond_batch_compiled(burst, views, lengths, n, out)
 
     def _respond_batch_compiled(self, burst: BurstFn, views: Sequence[memoryview],
-                                lengths: Sequence[int], n: int, out: list[int],
-                                data: tuple[Column, Column] | None = None) -> int:
+                                lengths: Sequence[int], n: int, out: list[int]) -> int:
         """The burst through _burst.c, which answers the plain READs and WRITEs exactly as
         :meth:`_respond_batch_python` does and hands back, in order, each frame it leaves
         to the general code (answered here with :meth:`respond_in_place`) and each run the
         store did not take whole (finished here with :meth:`_flush_run`)."""
-        addrs, lens = data if data is not None else (None, None)
         c = self.counters
         mac = self.mac
         by_addr = self._by_addr
@@ -275,7 +266,7 @@ class Engine:
         i = replies = 0
         while i < n:
             i, done, reads, bread, writes, bwritten, failed = burst(
-                views, lengths, i, n, out, mac, by_addr, max_sectors, now, addrs, lens)
+                views, lengths, i, n, out, mac, by_addr, max_sectors, now)
             replies += done
             if reads:
                 c.reads += reads

@@ -336,7 +336,6 @@ class Target:
         lengths = batch.lengths
         respond = port.engine.respond_batch
         out = port.out
-        data = (batch.tx_data_addrs, batch.tx_data_lens)  # reads sent from a mapping
         slot_size = batch.slot_size
         count = batch.count
         c = self.counters
@@ -359,7 +358,7 @@ class Target:
             c.frames_in += n
             c.bursts += 1
             try:
-                replies = respond(views, lengths, n, out, data)
+                replies = respond(views, lengths, n, out)
             except Exception:  # the target never dies on input
                 log.exception("internal_error", extra={"action": "burst dropped"})
                 c.error(ck.INTERNAL)
@@ -379,25 +378,10 @@ class Target:
                 c.errors[ck.SEND] += batch.send_errors
                 c.frames_out -= batch.send_errors
                 batch.send_errors = 0
-                if batch.send_faults:
-                    self._stop_mapping(port, batch.send_faults)
-            for e in port.engine.exports:
-                if e.remap_at and e.bytes_read >= e.remap_at:
-                    e.refresh_mapping()
             if slow:
                 self._answer_slow(port, slow)
             if n < count:
                 return taken
-
-    def _stop_mapping(self, port: _Port, faults: int) -> None:
-        """A reply's data could not be read from a mapping (an I/O error, or a file cut
-        short under its export): serve reads through preadv from now on, which answers
-        such a read with an error. The dropped replies come again as retries."""
-        port.batch.send_faults = 0
-        for e in self.exports:
-            e.stop_mapping()
-        log.warning("read_map_fault", extra={"interface": port.name, "frames": faults,
-                                              "action": "reads go through preadv from now"})
 
     def _answer_slow(self, port: _Port, frames: list[bytes]) -> None:
         c = self.counters

@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__, accel
+from .. import __version__
 from ..mounts import mounts
 from ..protocol.constants import SECTOR_SIZE
 from ..protocol.identify import IdentifyInfo, build_identify
 from ..protocol.mac import format_mac
-from .readmap import ReadMap
 from .state import ExportState
 
 log = logging.getLogger("aoe.target")
@@ -121,19 +120,6 @@ class Store:
         self._bounce: mmap.mmap | None = None
         if spec.direct:
             self._bounce = mmap.mmap(-1, 256 * SECTOR_SIZE)  # page aligned, as O_DIRECT needs
-        # The compiled burst path sends sequential reads from a mapping of the file
-        # (readmap.py). Not of a file with holes: a fault on a hole of a tmpfs file
-        # allocates the page, and a sparse image would fill up memory as it is read.
-        self._read_map: ReadMap | None = None
-        self.map_addr = 0  # where byte `base` is mapped; 0: reads go through preadv
-        self.map_next = self.base  # where a sequential reader's next read starts (_burst.c)
-        self.remap_at = 0  # bytes_read past which the mapping is made afresh
-        length = self.sectors * SECTOR_SIZE
-        if (not spec.direct and length and accel.wanted()
-                and (is_device or not has_holes(fd, self.base, length))):
-            self._read_map = ReadMap(fd, self.base, length)
-            self.map_addr = self._read_map.address
-            self.remap_at = self._read_map.remap_at
         self.identify_page = build_identify(
             IdentifyInfo(
                 sectors=self.sectors,
@@ -167,25 +153,7 @@ class Store:
             os.close(fd)
             raise
 
-    def refresh_mapping(self) -> None:
-        """Map afresh, dropping the page tables of what was read (once past
-        :attr:`remap_at`, between two bursts: nothing queued may point into the old
-        mapping)."""
-        if self._read_map is not None:
-            self._read_map.refresh(self.bytes_read)
-            self.map_addr = self._read_map.address
-            self.remap_at = self._read_map.remap_at
-
-    def stop_mapping(self) -> None:
-        """Serve every read through preadv from now on (a send from the mapping faulted)."""
-        if self._read_map is not None:
-            self._read_map.close()
-            self._read_map = None
-        self.map_addr = 0
-        self.remap_at = 0
-
     def close(self) -> None:
-        self.stop_mapping()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -315,14 +283,6 @@ class Store:
             "serial": self.state.serial,
             "state_file": str(self.state.path) if self.state.path else None,
         }
-
-
-def has_holes(fd: int, base: int, length: int) -> bool:
-    """Whether bytes [base, base + length) of the file hold a hole (unwritten space)."""
-    try:
-        return os.lseek(fd, base, os.SEEK_HOLE) < base + length
-    except OSError:  # no SEEK_HOLE here, or past the end: assume the worst
-        return True
 
 
 def _check_spec(spec: ExportSpec) -> None:
