@@ -20,7 +20,12 @@ import pytest
 
 from aoe.lab import Host, Lab
 
-from .support.export import random_image, terminal_signals, umount_quietly
+from .support.export import (
+    background_job_signals,
+    random_image,
+    terminal_signals,
+    umount_quietly,
+)
 from .support.initiator import AOE_BIN, SHELF, SLOT, start_target, wait_answering, write_image
 
 ADDR = f"{SHELF}.{SLOT}"
@@ -154,6 +159,32 @@ def test_mount_unmounts_and_exits_128_plus_n(tmp_path: Path, sig: int) -> None:
         assert "Traceback" not in err
         assert err.strip().splitlines()[-1].endswith(f"and unmounted: {mp}/disk is gone"), err
         assert took < STOP_WITHIN
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        umount_quietly(mp, fuse=True)
+
+
+def test_mount_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
+    """A script's background job starts with SIGINT ignored: the mount must stay through
+    a SIGINT (mfusepy would hand it to libfuse's handler, which unmounts) and still stop
+    on SIGTERM."""
+    image, mp = tmp_path / "disk.img", tmp_path / "mp"
+    random_image(image, 1 << 20)
+    mp.mkdir()
+    kw: dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path, preexec_fn=background_job_signals)
+    proc = subprocess.Popen([AOE_BIN, "mount", "--foreground", f"file:{image}", str(mp)],
+                            start_new_session=True, **kw)
+    try:
+        wait_for(lambda: os.path.ismount(mp), proc, "the mount")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None and os.path.ismount(mp)
+        _took, _, err = stop(proc, signal.SIGTERM)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert not os.path.ismount(mp)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -113,9 +113,13 @@ class StopSignalWaiter:
         self._signals: set[int] = set()
 
     def __enter__(self) -> StopSignalWaiter:
-        # A signal this process ignores (SIGINT in a script's background job) stays ignored.
+        # A signal this process ignores (SIGINT in a script's background job) stays ignored:
+        # it is blocked as well, but never waited for. Blocked, it reaches no handler that
+        # a C library puts in meanwhile (mfusepy sets SIGINT to SIG_DFL so that libfuse
+        # installs its own, which would unmount); pending, it is dropped once the
+        # process's SIG_IGN is back, before the mask is.
         self._signals = {s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
-        self._old_mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, self._signals))
+        self._old_mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS)))
         threading.Thread(target=self._watch, name="aoe-stop-signals", daemon=True).start()
         return self
 

@@ -24,6 +24,13 @@ def terminal_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+def background_job_signals() -> None:
+    """A child's SIGINT ignored and SIGTERM at its default (``preexec_fn``), as a script's
+    background job (`cmd &`) starts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def random_image(path: Path, size: int, seed: int = 0) -> bytes:
     data = random.Random(seed).randbytes(size)
     path.write_bytes(data)
