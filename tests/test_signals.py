@@ -60,6 +60,14 @@ def wait_for(check: Any, proc: subprocess.Popen[Any], what: str, timeout: float 
         time.sleep(0.02)
 
 
+def end_mount(proc: subprocess.Popen[Any], mp: Path) -> None:
+    """Kill what is left of a mount process and unmount its mount point."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    umount_quietly(mp, fuse=True)
+
+
 @pytest.fixture
 def slow_rig(lab: Lab, tmp_path: Path) -> tuple[Host, str]:
     """vblade exporting 32 MiB over a cable shaped to 40 Mbit/s: a copy takes ~7 s."""
@@ -160,10 +168,7 @@ def test_mount_unmounts_and_exits_128_plus_n(tmp_path: Path, sig: int) -> None:
         assert err.strip().splitlines()[-1].endswith(f"and unmounted: {mp}/disk is gone"), err
         assert took < STOP_WITHIN
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        umount_quietly(mp, fuse=True)
+        end_mount(proc, mp)
 
 
 def test_mount_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
@@ -186,7 +191,4 @@ def test_mount_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> 
         assert proc.returncode == 128 + signal.SIGTERM, err
         assert not os.path.ismount(mp)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        umount_quietly(mp, fuse=True)
+        end_mount(proc, mp)
