@@ -198,7 +198,8 @@ static _Noreturn void serve(const char *iface, int shelf, int slot, const char *
                     nv = 2;
                     if (copy) {
                         static uint8_t data[BATCH][FRAME];
-                        if (pread(fd, data[out], cnt * 512, (off_t)(lba * 512)) != (ssize_t)(cnt * 512))
+                        ssize_t want = (ssize_t)(cnt * 512);
+                        if (pread(fd, data[out], want, (off_t)(lba * 512)) != want)
                             die("pread");
                         v[1].iov_base = data[out];
                     }

@@ -9,13 +9,13 @@
  * read data copied into the caller's buffer, the path's answered count, the RTT sample
  * (held, and folded once per batch through PathWindow.sample_rtt itself), the window step
  * written out in on_answers, the path's high-water mark, the frame forgotten with all its
- * tags, the request completed, the sending order trimmed (through SessionCore._drop_answered unless the head simply
- * moves on). At any other frame it stops before touching anything and returns its index;
- * core.py handles that frame and calls again for the rest, so answers are taken in
- * arrival order. cut() is _cut written out: the same turns of RUN_FRAMES frames, the same
- * tags, the same InFlight records (made as InFlight.__init__ makes them) and the same
- * header slots. The tests of the core run on both paths, and
- * tests/test_initiator_compiled.py compares two cores step by step.
+ * tags, the request completed, the sending order trimmed (through
+ * SessionCore._drop_answered unless the head simply moves on). At any other frame it stops
+ * before touching anything and returns its index; core.py handles that frame and calls
+ * again for the rest, so answers are taken in arrival order. cut() is _cut written out:
+ * the same turns of RUN_FRAMES frames, the same tags, the same InFlight records (made as
+ * InFlight.__init__ makes them) and the same header slots. The tests of the core run on
+ * both paths, and tests/test_initiator_compiled.py compares two cores step by step.
  *
  * The byte offsets are those of aoe.protocol.fastpath.ATA_ANSWER.
  */
