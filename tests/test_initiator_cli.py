@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,23 @@ def test_copy_json_summary(rig: Rig, tmp_path: Path) -> None:
     session = summary["session"]
     assert session["answers"] >= SIZE // 8704 and session["send_errors"] == 0
     assert session["frames_sent"] == session["answers"] + session["retransmits"]
+
+
+def test_a_copy_that_goes_well_loads_no_logging_and_ends_through_the_exit_handlers(
+        rig: Rig, tmp_path: Path) -> None:
+    """The whole command as the console script runs it: the copy logs nothing, so
+    logging (and concurrent.futures, which imports it) is never loaded, and the quick exit
+    still runs the exit handlers and leaves the file complete."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('loaded:', *sorted(m for m in sys.modules\n"
+        "    if m.split('.')[0] in ('logging', 'concurrent')), file=sys.stderr))\n"
+        f"sys.argv = ['aoe', 'copy', {ADDR!r}, 'quiet.img']\n"
+        "from aoe.cli import run\n"
+        "run()\n"
+    )
+    done = rig.initiator.run([sys.executable, "-c", code], check=False, timeout=60,
+                             cwd=rig.image.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "loaded:"
+    assert (tmp_path / "quiet.img").read_bytes() == rig.data

@@ -169,6 +169,58 @@ def test_copy_in_range_and_verify_failure() -> None:
         copy_to_disk(Liar(bytes(4096)), io.BytesIO(b"x" * 4096), verify=True)
 
 
+class _FailingDisk(MemoryDisk):
+    """Fails the ``nth`` read or write (0-based); the others go through."""
+
+    def __init__(self, data: bytes, nth: int) -> None:
+        super().__init__(data)
+        self.calls = 0
+        self.nth = nth
+        self.lock = threading.Lock()
+
+    def _maybe_fail(self) -> None:
+        with self.lock:
+            n = self.calls
+            self.calls += 1
+        if n == self.nth:
+            raise OSError(5, "injected I/O error")
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._maybe_fail()
+        return super().read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._maybe_fail()
+        super().write(offset, data)
+
+
+def _copy_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("aoe-copy", "aoe-read"))]
+
+
+@pytest.mark.parametrize("nth", [0, 2, 5])
+def test_a_failed_chunk_ends_the_copy_with_its_error_and_its_threads(
+        tmp_path: Path, nth: int) -> None:
+    """The copy's worker threads hand a chunk's error to the copy, which raises it, and
+    end: none is left waiting once the copy has returned, whichever chunk failed."""
+    data = bytes(range(256)) * (24 << 10)  # 6 MiB: six chunks of 1 MiB
+    with pytest.raises(OSError, match="injected"), open(tmp_path / "out", "w+b") as f:
+        copy_from_disk(_FailingDisk(data, nth), f, chunk=1 << 20)
+    assert _copy_threads() == []
+    disk = _FailingDisk(bytes(len(data)), nth)
+    with pytest.raises(OSError, match="injected"):
+        copy_to_disk(disk, io.BytesIO(data), chunk=1 << 20)
+    assert _copy_threads() == [] and disk.flushed == 0
+
+
+def test_chunks_run_on_the_workers_in_order_and_all_complete() -> None:
+    data = bytes(random.Random(7).randbytes(5 << 20))
+    disk = MemoryDisk(bytes(len(data)))
+    result = copy_to_disk(disk, io.BytesIO(data), chunk=300_000)  # a short last chunk
+    assert result.nbytes == len(data) and bytes(disk.buf) == data and disk.flushed == 1
+    assert _copy_threads() == []
+
+
 def test_macs_are_bytes_inside_and_text_only_in_the_dict_form() -> None:
     local, target = b"\x02\x00\x00\x00\x00\x01", b"\x02\xaa\xbb\xcc\xdd\xee"
     info = TargetInfo(1, 2, [PathInfo("eth0", local, target, 9000, 16, 17, 0.001)])

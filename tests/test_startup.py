@@ -16,8 +16,10 @@ from aoe.net import link
 _SKIP = netns_unavailable_reason()
 
 # hashlib loads OpenSSL (4 ms of every start-up); only `aoe copy --verify` needs it.
+# logging (with traceback, string, textwrap) and concurrent.futures (which imports logging)
+# cost 3-4 ms; the initiator logs only when something goes wrong.
 HEAVY = ("pyroute2", "scapy", "aoe.lab", "aoe.target", "aoe.export", "mfusepy", "hashlib",
-         "_hashlib")
+         "_hashlib", "logging", "concurrent")
 
 
 def _imported_by(command: str) -> list[str]:
@@ -89,3 +91,59 @@ def test_no_library_search_at_start() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_lazy_logger_logs_as_the_named_logger(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from aoe.lazylog import get_logger
+
+    log = get_logger("aoe.initiator")
+    with caplog.at_level(logging.WARNING, logger="aoe.initiator"):
+        log.info("not shown")
+        try:
+            raise OSError(5, "gone")
+        except OSError:
+            log.exception("target %s failed", "1.0")
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("aoe.initiator", "ERROR", "target 1.0 failed")]
+    assert caplog.records[0].exc_info is not None
+
+
+def _run_console(prelude: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`aoe ARGV...` the way the console script runs it, after ``prelude``."""
+    code = (f"import sys\n{prelude}\nsys.argv = ['aoe', *{list(argv)!r}]\n"
+            "from aoe.cli import run\nrun()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_the_console_script_is_the_quick_exit() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="aoe")
+    assert script.value == "aoe.cli:run"
+
+
+def test_the_quick_exit_runs_exit_handlers_and_flushes_output() -> None:
+    done = _run_console("import atexit\natexit.register(lambda: print('handler ran'))",
+                        "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("aoe, version ")
+    assert done.stdout.splitlines()[-1] == "handler ran"
+
+
+def test_a_usage_error_through_the_quick_exit_still_says_why() -> None:
+    done = _run_console("", "copy")
+    assert done.returncode == 2
+    assert "Missing argument" in done.stderr
+
+
+def test_a_thread_still_running_gets_the_usual_exit() -> None:
+    """Python's own exit waits for a non-daemon thread; the quick one must not cut it."""
+    prelude = ("import threading, time\n"
+               "threading.Thread(target=lambda: (time.sleep(0.3), print('late', flush=True)))"
+               ".start()")
+    done = _run_console(prelude, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "late"

@@ -64,3 +64,36 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="aoe")
 def main() -> None:
     """ATA over Ethernet: serve disks, reach them, and test the protocol."""
+
+
+def run() -> None:
+    """The `aoe` console script: ``main()``, then a quick exit.
+
+    Tearing the interpreter down (module dicts, every object, the GC) costs a command
+    6-10 ms of CPU, 25-40 ms of wall time at 25 % of a slow core, and frees nothing the
+    kernel would not. Once the command has returned and only this thread is left, the
+    exit handlers run, the standard streams are flushed and the process ends with
+    ``os._exit``. With other threads still running, or a flush failing, Python's own exit
+    does the work as before.
+    """
+    try:
+        main()
+    except SystemExit as end:
+        code = end.code
+        if code is not None and not isinstance(code, int):
+            raise
+        import atexit
+        import os
+        import sys
+        import threading
+
+        if threading.active_count() != 1:
+            raise
+        atexit._run_exitfuncs()
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+        except (OSError, ValueError):
+            raise end from None
+        os._exit(code or 0)

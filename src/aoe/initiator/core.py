@@ -37,7 +37,6 @@ in on_answers, the per-frame hot path.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .. import accel
+from ..lazylog import get_logger
 from ..net.mmsg import buffer_address
 from ..protocol import (
     AoeError,
@@ -71,7 +71,7 @@ from .errors import (
 )
 from .window import MacBudget, PathWindow
 
-log = logging.getLogger("aoe.initiator")
+log = get_logger("aoe.initiator")
 
 ATA_TX = fp.ATA_REQUEST
 RX = fp.ATA_ANSWER

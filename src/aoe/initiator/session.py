@@ -16,7 +16,6 @@ bytes and time in and out of it:
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import threading
@@ -25,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from threading import get_ident
 
+from ..lazylog import get_logger
 from ..net.mmsg import FrameBatch, GatherBatch
 from ..net.rawsock import RawSocket
 from ..protocol import SECTOR_SIZE, AtaFlag, AtaOpcode, DecodeError, parse_identify
@@ -34,7 +34,7 @@ from .discovery import TargetInfo
 from .errors import DiskClosedError, InitiatorError
 from .window import MAX_WINDOW, MacBudget, PathWindow
 
-log = logging.getLogger("aoe.initiator")
+log = get_logger("aoe.initiator")
 
 __all__ = ["Request", "Session", "SessionStats"]
 
