@@ -108,7 +108,13 @@ class Netbook:
         (self.tiny / "small.bin").write_bytes(os.urandom(4096))
         self.image = self.root / "fs.img"
         image_size = (big + self.tree * 2 + 32 * MiB) * 11 // 10 // MiB * MiB
-        done = subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(self.fsroot), "-E",
+        # -T default: the layout mkfs.ext4 gives any filesystem from 512 MiB up (4 KiB
+        # blocks, 128 MiB groups), as on a user's disk. An image this small would get the
+        # "small" one (1 KiB blocks, 8 MiB groups), which splits the large file into ten
+        # extents around group metadata; each gap restarts the kernel's read-ahead on the
+        # FUSE file (`cp` off it: 10.8-11.1 MB/s at 100 Mbit/s against 11.8 with 4 KiB).
+        done = subprocess.run(["mkfs.ext4", "-q", "-F", "-T", "default", "-d",
+                               str(self.fsroot), "-E",
                                "lazy_itable_init=0,lazy_journal_init=0", str(self.image),
                                f"{image_size // 1024}k"],
                               capture_output=True, text=True, check=False)
