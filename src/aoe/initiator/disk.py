@@ -10,7 +10,7 @@ Any number of threads may call at once; their requests share one window per path
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -48,13 +48,12 @@ class _RangeLock:
     @contextmanager
     def hold(self, start: int, end: int) -> Iterator[None]:
         with self._cond:
-            while not self._free(start, end):
+            while (span := self._take_if_free(start, end)) is None:
                 self._waiters += 1
                 try:
                     self._cond.wait()
                 finally:
                     self._waiters -= 1
-            span = self._take(start, end)
         try:
             yield
         finally:
@@ -62,28 +61,20 @@ class _RangeLock:
 
     def try_take(self, start: int, end: int) -> tuple[int, int] | None:
         """Lock the range if nothing overlapping is held (never waits); the held span.
-
-        _free and _take written out, with one bisection: every write of `aoe nbd` comes
-        here. A free range has no held range starting inside it, so it goes in where
-        its end would."""
-        last = end if end > start else start + 1
+        Every write of `aoe nbd` comes here."""
         with self._lock:
-            starts = self._starts
-            i = bisect_left(starts, last)
-            if i and self._ends[starts[i - 1]] > start:
-                return None
-            starts.insert(i, start)
-            self._ends[start] = last
-        return (start, end)
+            return self._take_if_free(start, end)
 
-    def _free(self, start: int, end: int) -> bool:
-        end = max(end, start + 1)  # an empty range still owns its place
-        i = bisect_left(self._starts, end)
-        return i == 0 or self._ends[self._starts[i - 1]] <= start
-
-    def _take(self, start: int, end: int) -> tuple[int, int]:
-        insort(self._starts, start)
-        self._ends[start] = max(end, start + 1)
+    def _take_if_free(self, start: int, end: int) -> tuple[int, int] | None:
+        """With the lock held: take the range if it is free, with one bisection. A free
+        range has no held range starting inside it, so it goes in where its end would."""
+        last = end if end > start else start + 1  # an empty range still owns its place
+        starts = self._starts
+        i = bisect_left(starts, last)
+        if i and self._ends[starts[i - 1]] > start:
+            return None
+        starts.insert(i, start)
+        self._ends[start] = last
         return (start, end)
 
     def give_back(self, span: tuple[int, int]) -> None:
