@@ -249,3 +249,25 @@ def test_bench_section_replacement_keeps_the_rest(tmp_path: Path) -> None:
     doc2.write_text("# C\n")
     write_section(doc2, "first")
     assert doc2.read_text() == f"# C\n\n{BEGIN}\nfirst\n{END}\n"
+
+
+def test_warm_memory_touches_the_pages_and_gives_them_back() -> None:
+    """The netbook ways' warm-up really faults `size` bytes in (the peak resident size
+    grows by it) and frees them again (the resident size falls back)."""
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tools')!r})\n"
+        "from benchkit.env import warm_memory\n"
+        "def kib(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key + ':'):\n"
+        "            return int(line.split()[1])\n"
+        "peak0 = kib('VmHWM')\n"
+        "warm_memory(96 << 20)\n"
+        "print(peak0, kib('VmHWM'), kib('VmRSS'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    peak0, peak1, rss = (int(x) for x in out.split())
+    assert peak1 - peak0 >= 96 * 1024 - 1024  # touched, not merely mapped
+    assert rss < peak1 - 64 * 1024  # and unmapped again

@@ -10,6 +10,7 @@ and writes never wait for a disk. Everything is removed by :meth:`Bench.close`.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import select
 import shutil
@@ -67,6 +68,24 @@ def fill_random(path: Path, size: int) -> None:
             n = min(left, len(block))
             f.write(block[:n])
             left -= n
+
+
+def warm_memory(size: int) -> None:
+    """Touch `size` bytes of fresh memory and free them again, just before a timed run.
+
+    This machine is a virtual machine whose free memory goes back to its host (free page
+    reporting); the first touch of such a page then costs a fault in the host, about 2 s
+    of CPU per GB, charged to whichever process allocates it. Page caches and output
+    files allocate, so without this a way's figure would depend on how much memory the
+    bench itself had written and freed before it (`cp` into tmpfs 0.4 GB/s against 2.8).
+    A page freed here goes back to the kernel's free lists, not yet to the host, and the
+    run that follows takes it. A netbook has no host: the kernel's own cost of a page
+    (allocating and zeroing it) is still in every figure.
+    """
+    block = bytes(MiB)
+    with mmap.mmap(-1, size) as mem:
+        for _ in range(size // MiB):
+            mem.write(block)
 
 
 @dataclass
