@@ -77,15 +77,17 @@ def warm_memory(size: int) -> None:
     reporting); the first touch of such a page then costs a fault in the host, about 2 s
     of CPU per GB, charged to whichever process allocates it. Page caches and output
     files allocate, so without this a way's figure would depend on how much memory the
-    bench itself had written and freed before it (`cp` into tmpfs 0.4 GB/s against 2.8).
+    bench itself had written and freed before it (writing a new tmpfs file: 0.4 GB/s
+    against 3.0).
     A page freed here goes back to the kernel's free lists, not yet to the host, and the
     run that follows takes it. A netbook has no host: the kernel's own cost of a page
     (allocating and zeroing it) is still in every figure.
     """
     block = bytes(MiB)
-    with mmap.mmap(-1, size) as mem:
+    with mmap.mmap(-1, max(size, 1)) as mem:
         for _ in range(size // MiB):
             mem.write(block)
+        mem.write(block[: size % MiB])
 
 
 @dataclass
