@@ -80,7 +80,12 @@ class Results:
     startup: dict[Key, list[float]]
     big: int
     tree: int
-    warm: int  # bytes of memory touched and freed before each timed run
+
+
+def warm_size(big: int) -> int:
+    """Bytes touched and freed before each timed run of ways moving `big` bytes: the
+    page caches and the output a way fills, 3 x `big` at most."""
+    return min(4 * big, 768 * MiB)
 
 
 class Netbook:
@@ -98,7 +103,6 @@ class Netbook:
         for d in (self.fsroot / "tree", self.plain, self.tiny, self.out):
             d.mkdir(parents=True)
         self.big = big
-        self.warm = min(4 * big, 768 * MiB)  # page caches and the output: 3 x big at most
         fill_random(self.fsroot / "big.bin", big)
         os.link(self.fsroot / "big.bin", self.plain / "big.bin")
         block = os.urandom(tree_file)
@@ -365,7 +369,7 @@ class Netbook:
         start, client = self.way(name)
         try:
             start()
-            warm_memory(self.warm)  # what this virtual machine's host took back (env.py)
+            warm_memory(warm_size(self.big))  # what this VM's host took back (env.py)
             t0, i0 = self.tcap.cpu_seconds(), self.icap.cpu_seconds()
             w0 = time.perf_counter()
             nbytes = client(tiny)
@@ -388,7 +392,7 @@ def measure(bench: Bench, opts: Options) -> Results:
     big = opts.netbook_size
     tree_file = 2048 if opts.quick else 8192
     nb = Netbook(bench, big, tree_file, opts.netbook_period_ms)
-    res = Results(defaultdict(list), defaultdict(list), big, nb.tree, nb.warm)
+    res = Results(defaultdict(list), defaultdict(list), big, nb.tree)
     try:
         for rate, mtu in links(opts):
             bench.set_mtu(mtu)
@@ -454,8 +458,8 @@ def netbook_table(res: Results, opts: Options) -> Table:
         "timed as typed, start-up included. Start-up alone: the same commands moving 4 KiB "
         "(`nbdinfo --size` for the NBD ways). CPU s/GB: the cgroup's own counter (every "
         "process of that side) over the gigabytes moved. `aoe copy -i` names the cable. "
-        f"Before every timed run the bench touches and frees {res.warm // MiB} MiB of memory "
-        "(outside both groups): this machine is a virtual machine whose host takes freed "
+        f"Before every timed run the bench touches and frees {warm_size(res.big) // MiB} MiB "
+        "of memory (outside both groups): this machine is a virtual machine whose host takes freed "
         "memory back, and a page's first touch after that costs a fault in the host that "
         "a netbook does not have; every way gets the same.")
     return t
