@@ -7,8 +7,10 @@ Runs in CI with the rest of the suite; pip takes what it needs from PyPI or its 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import venv
 from importlib import metadata
 from pathlib import Path
@@ -64,3 +66,20 @@ def test_license_file_matches_pyproject() -> None:
     assert text.startswith("MIT License") and "pyaoe contributors" in text
     # the development install (setup.sh) carries the same declared license
     assert metadata.metadata("pyaoe")["License-Expression"] == "MIT"
+
+
+def test_the_dev_venv_is_made_from_the_interpreter_setup_picks() -> None:
+    """scripts/setup.sh makes .venv from the distribution's python3 (or $PYTHON): the
+    performance figures in docs/ are taken on that interpreter."""
+    cfg = ROOT / ".venv" / "pyvenv.cfg"
+    if not cfg.exists() or Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        pytest.skip("not running from the checkout's .venv (scripts/setup.sh makes it)")
+    chosen = os.environ.get("PYTHON") or "/usr/bin/python3"
+    if not os.environ.get("PYTHON") and not os.path.exists(chosen):
+        pytest.skip("no distribution python3 here: setup falls back to python3 on PATH")
+    real = "import os, sys; print(os.path.realpath(sys.executable))"
+    expected = subprocess.run([chosen, "-c", real], capture_output=True, text=True,
+                              timeout=60, check=True).stdout.strip()
+    fields = dict(line.split(" = ", 1) for line in cfg.read_text().splitlines() if " = " in line)
+    assert fields["executable"] == expected
+    assert os.path.realpath(sys._base_executable) == expected  # type: ignore[attr-defined]
