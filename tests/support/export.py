@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aoe.export import nbdproto as p
 from aoe.export.blockdev import BlockDevice
+from aoe.mounts import run_helper
 
 
 def terminal_signals() -> None:
@@ -61,9 +62,8 @@ def umount_quietly(path: Path | str, fuse: bool = False) -> None:
     if not os.path.ismount(path):
         return
     argv = ["fusermount3", "-u"] if fuse else ["umount"]
-    if subprocess.run([*argv, path], capture_output=True, check=False).returncode != 0:
-        subprocess.run([*argv[:-1], "-uz" if fuse else "-l", path], capture_output=True,
-                       check=False)
+    if run_helper([*argv, path]).returncode != 0:  # safe with our own FUSE files open
+        run_helper([*argv[:-1], "-uz" if fuse else "-l", path])
 
 
 class RawNbd:

@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import stat
-import subprocess
 import threading
 import time
 import warnings
@@ -26,7 +25,7 @@ from typing import Any
 
 from aoe.export.blockdev import BlockDevice, Buffer, error_number
 from aoe.export.readahead import ReadAhead, c_alloc, c_free, c_view
-from aoe.mounts import mounts
+from aoe.mounts import mounts, run_helper
 
 log = logging.getLogger(__name__)
 
@@ -421,7 +420,7 @@ def _mount_device(mountpoint: str) -> str | None:
 def unmount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
     """Unmount a FUSE mount as its owner would (fusermount3 -u)."""
     argv = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [os.fspath(mountpoint)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = run_helper(argv)
     if done.returncode != 0:
         raise OSError(errno.EBUSY, f"fusermount3 -u failed: {done.stderr.strip()}")
 
@@ -479,8 +478,7 @@ def abort_connection(connection: int) -> bool:
     fusectl is mounted for the call if it is not already (and unmounted again)."""
     mounted_here = False
     if not os.path.ismount(FUSECTL):
-        done = subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL],
-                              capture_output=True, check=False)
+        done = run_helper(["mount", "-t", "fusectl", "fusectl", FUSECTL])
         mounted_here = done.returncode == 0
     try:
         with open(os.path.join(FUSECTL, str(connection), "abort"), "w") as f:
@@ -490,7 +488,7 @@ def abort_connection(connection: int) -> bool:
         return False
     finally:
         if mounted_here:
-            subprocess.run(["umount", FUSECTL], capture_output=True, check=False)
+            run_helper(["umount", FUSECTL])
 
 
 def _cleanup(mp: str, thread: threading.Thread, connection: int | None) -> None:
