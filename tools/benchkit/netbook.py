@@ -83,8 +83,8 @@ class Results:
 
 
 def warm_size(big: int) -> int:
-    """Bytes touched and freed before each timed run of ways moving `big` bytes: the
-    page caches and the output a way fills, 3 x `big` at most."""
+    """Bytes touched and freed before each timed run of ways moving `big` bytes: more
+    than the page caches and output a way fills (3 x `big` for the mount way)."""
     return min(4 * big, 768 * MiB)
 
 
