@@ -3,6 +3,9 @@ or vblade), and an initiator never combines two different disks as paths of one.
 
 from __future__ import annotations
 
+import os
+import resource
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -10,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from aoe.lab import Lab
+from aoe.protocol import Command, ConfigBody, Frame, HeaderFlag, encode
+from aoe.target.probe import other_owners
 
 from .support.service import image, make_segment, serve, stop
 from .support.target import aoe_cmd
@@ -70,3 +75,40 @@ def test_vblade_on_the_address_is_refused(lab: Lab, tmp_path: Path) -> None:
         stop(lab, ok)
     finally:
         lab.kill(vb)
+
+
+class _HighPort:
+    """What other_owners uses of a RawSocket, on a descriptor above 1024."""
+
+    mac = bytes.fromhex("020000000010")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, data: bytes) -> int:
+        return self.sock.send(data)
+
+
+def test_the_probe_waits_on_descriptors_above_1024() -> None:
+    """A target with about a thousand exports holds descriptors above 1024, where select()
+    raises ValueError (a reload failed so): the probe still hears the other owner."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1500:
+        pytest.skip("cannot open descriptor 1500 here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        high = socket.socket(fileno=os.dup2(a.fileno(), 1500))
+        other = bytes.fromhex("020000000099")
+        b.send(encode(Frame(_HighPort.mac, other, 1, 0, Command.QUERY_CONFIG, 7,
+                            ConfigBody(), flags=HeaderFlag.RESPONSE), pad=True))
+        found = other_owners([("eth0", _HighPort(high))], [(1, 0)], wait=0.05)
+        assert found == {(1, 0): [("eth0", other.hex(":"))]}
+        high.close()
+    finally:
+        a.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

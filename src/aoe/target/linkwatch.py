@@ -50,8 +50,10 @@ class LinkWatch:
         self.sock.close()
 
     def _run(self) -> None:
+        poller = select.poll()  # not select(): a target with many exports has high descriptors
+        poller.register(self.sock.fileno(), select.POLLIN)
         while not self._stop.is_set():
-            ready, _, _ = select.select([self.sock], [], [], 0.5)
+            ready = poller.poll(500)
             if not ready:
                 continue
             try:

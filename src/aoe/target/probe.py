@@ -43,6 +43,9 @@ def other_owners(socks: Sequence[tuple[str, RawSocket]], addresses: Iterable[tup
         return found
     tag = int.from_bytes(os.urandom(4), "big") | 0x80000000
     by_fd = {s.fileno(): (name, s) for name, s in socks}
+    poller = select.poll()  # not select(): a target with many exports has high descriptors
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
     end = time.monotonic() + wait
     next_send = 0.0
     while True:
@@ -59,26 +62,31 @@ def other_owners(socks: Sequence[tuple[str, RawSocket]], addresses: Iterable[tup
                 except OSError:
                     pass
             next_send = now + PROBE_REPEAT
-        ready, _, _ = select.select(list(by_fd), [], [], max(0.0, min(end, next_send) - now))
-        for fd in ready:
+        ready = poller.poll(max(0.0, min(end, next_send) - now) * 1000.0)
+        for fd, _ in ready:
             name, s = by_fd[fd]
-            while True:
-                try:
-                    raw = s.sock.recv(65536, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                try:
-                    frame = decode(raw)
-                except DecodeError:
-                    continue
-                if not frame.is_response or frame.command != Command.QUERY_CONFIG:
-                    continue
-                addr = (frame.shelf, frame.slot)
-                if addr not in wanted or frame.src in own:
-                    continue
-                who = (name, frame.src.hex(":"))
-                if who not in found.setdefault(addr, []):
-                    found[addr].append(who)
+            _take_answers(name, s, wanted, own, found)
     return found
+
+
+def _take_answers(name: str, s: RawSocket, wanted: set[tuple[int, int]], own: set[bytes],
+                  found: dict[tuple[int, int], list[tuple[str, str]]]) -> None:
+    """Note in ``found`` every other MAC answering for a wanted address, from what is
+    waiting on ``s`` (interface ``name``)."""
+    while True:
+        try:
+            raw = s.sock.recv(65536, socket.MSG_DONTWAIT)
+        except OSError:  # nothing more waiting (or the socket failed): done for now
+            return
+        try:
+            frame = decode(raw)
+        except DecodeError:
+            continue
+        if not frame.is_response or frame.command != Command.QUERY_CONFIG:
+            continue
+        addr = (frame.shelf, frame.slot)
+        if addr not in wanted or frame.src in own:
+            continue
+        who = (name, frame.src.hex(":"))
+        if who not in found.setdefault(addr, []):
+            found[addr].append(who)
