@@ -10,6 +10,8 @@ from aoe.initiator.discovery import query_config
 from aoe.protocol.constants import Command, HeaderFlag
 from aoe.protocol.frames import ConfigBody, Frame, decode, encode
 
+from .support.fds import above_1024
+
 TARGET_MAC = bytes.fromhex("020000000a01")
 
 
@@ -88,3 +90,20 @@ def test_broadcast_discovery_still_settles() -> None:
         port.close()
     assert time.monotonic() - t0 >= 0.3
     assert [(t.shelf, t.slot) for t in found] == [(7, 7)]
+
+
+def test_discovery_waits_on_descriptors_above_1024() -> None:
+    """A program holding many files (a server embedding AoeDisk) has its raw sockets above
+    1024, where select() raises ValueError: discovery still hears the target."""
+    port = AnsweringPort("eth0", bytes.fromhex("020000000001"), [TARGET_MAC])
+    try:
+        with above_1024(port._ours) as high:
+            high.setblocking(False)
+            low, port._ours = port._ours, high
+            try:
+                [info] = query_config([port], (7, 7), timeout=5.0, settle=1.0)  # type: ignore[list-item]
+            finally:
+                port._ours = low
+    finally:
+        port.close()
+    assert [p.target_mac for p in info.paths] == [TARGET_MAC]

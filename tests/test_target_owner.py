@@ -3,8 +3,6 @@ or vblade), and an initiator never combines two different disks as paths of one.
 
 from __future__ import annotations
 
-import fcntl
-import resource
 import socket
 import subprocess
 import time
@@ -16,6 +14,7 @@ from aoe.lab import Lab
 from aoe.protocol import Command, ConfigBody, Frame, HeaderFlag, encode
 from aoe.target.probe import other_owners
 
+from .support.fds import above_1024
 from .support.service import image, make_segment, serve, stop
 from .support.target import aoe_cmd
 
@@ -95,25 +94,14 @@ class _HighPort:
 def test_the_probe_waits_on_descriptors_above_1024() -> None:
     """A target with about a thousand exports holds descriptors above 1024, where select()
     raises ValueError (a reload failed so): the probe still hears the other owner."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 2048 if hard == resource.RLIM_INFINITY else min(2048, hard)
-    if want <= 1100:
-        pytest.skip("this process may not open descriptors above 1100")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    high: socket.socket | None = None
     try:
-        # the lowest free descriptor above 1024 (dup2 to a fixed one could close another)
-        high = socket.socket(fileno=fcntl.fcntl(a.fileno(), fcntl.F_DUPFD_CLOEXEC, 1025))
-        assert high.fileno() > 1024
-        other = bytes.fromhex("020000000099")
-        b.send(encode(Frame(_HighPort.mac, other, 1, 0, Command.QUERY_CONFIG, 7,
-                            ConfigBody(), flags=HeaderFlag.RESPONSE), pad=True))
-        found = other_owners([("eth0", _HighPort(high))], [(1, 0)], wait=0.05)
+        with above_1024(a) as high:
+            other = bytes.fromhex("020000000099")
+            b.send(encode(Frame(_HighPort.mac, other, 1, 0, Command.QUERY_CONFIG, 7,
+                                ConfigBody(), flags=HeaderFlag.RESPONSE), pad=True))
+            found = other_owners([("eth0", _HighPort(high))], [(1, 0)], wait=0.05)
         assert found == {(1, 0): [("eth0", other.hex(":"))]}
     finally:
-        if high is not None:
-            high.close()
         a.close()
         b.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -2,7 +2,7 @@
 
 One target (shelf.slot) may answer from several MACs and on several local interfaces;
 every (interface, target MAC) pair it answered on becomes a *path* the session can use.
-This is a plain blocking loop over select(): discovery happens once, speed is not the goal.
+This is a plain blocking loop over poll(): discovery happens once, speed is not the goal.
 """
 
 from __future__ import annotations
@@ -137,13 +137,16 @@ def _receive(
     """Yield decodable response frames arriving on any port until ``deadline[0]``
     (a one-element list, so the consumer may move the deadline while iterating)."""
     by_fd = {p.fileno(): p for p in ports}
+    poller = select.poll()  # not select(): a program with many files has high descriptors
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
     while True:
         left = deadline[0] - time.monotonic()
         if left <= 0:
             return
-        ready, _, _ = select.select(list(by_fd), [], [], left)
+        ready = poller.poll(left * 1000.0)
         now = time.monotonic()
-        for fd in ready:
+        for fd, _ in ready:
             port = by_fd[fd]
             while True:
                 try:
