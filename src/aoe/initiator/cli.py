@@ -25,11 +25,18 @@ from ..cli_types import (
 from ..net.link import LinkError
 from ..protocol import format_mac
 from ..stopsignals import Interrupted, exit_on_signal, raise_on_stop_signals
-from .copy import CopyResult, VerifyError, check_range, copy_from_disk, copy_to_disk
+from .copy import (
+    CopyResult,
+    VerifyError,
+    check_range,
+    copy_from_disk,
+    copy_to_disk,
+    pending_output,
+)
 from .discovery import LIST_SETTLE, TargetInfo
 from .discovery import discover as discover_targets
 from .disk import AoeDisk
-from .errors import InitiatorError
+from .errors import InitiatorError, OwnerUnsettledError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -365,26 +372,59 @@ class _Moved:
 def _copy(src_addr: tuple[int, int] | None, source: str, dest: str, address: tuple[int, int],
           ifaces: tuple[str, ...], timeout: float, dead_time: float, give_up: float,
           offset: int, length: int | None, verify: bool, sparse: bool, moved: _Moved) -> CopyResult:
-    with AoeDisk.open(*address, ifaces or None, timeout=timeout,
-                      dead_timeout=dead_time, give_up=give_up) as disk:
-        try:
-            if src_addr is not None:
-                total = check_range(disk.size, offset, length)  # before the file is truncated
-                with _open_file(dest, "w+b") as out:
-                    moved(0, total)
+    def open_disk(defer: bool = False) -> AoeDisk:
+        return AoeDisk.open(*address, ifaces or None, timeout=timeout, dead_timeout=dead_time,
+                            give_up=give_up, defer_owner_check=defer)
+
+    try:
+        if src_addr is not None:
+            return _copy_out(open_disk, dest, offset, length, verify, sparse, moved)
+        with open_disk() as disk, _open_file(source, "rb") as src:
+            result = copy_to_disk(disk, src, offset, length, verify=verify, progress=moved)
+            result.session = disk.stats().as_dict()
+            return result
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
+    finally:
+        if moved.bar is not None:
+            moved.bar.finish()
+
+
+def _copy_out(open_disk: Callable[[bool], AoeDisk], dest: str, offset: int,
+              length: int | None, verify: bool, sparse: bool, moved: _Moved) -> CopyResult:
+    """Disk to file. The first reads go out while discovery still listens for a second
+    target claiming the address (the owner check, deferred); the output is emptied and
+    written only once none did. If one more MAC answered, the disk is opened again the
+    usual way, which tells another path from another disk."""
+    with _output(dest) as (out, start):
+        for defer in (True, False):
+            with open_disk(defer) as disk:
+                total = check_range(disk.size, offset, length)
+                moved(0, total)
+
+                def ready(disk: AoeDisk = disk) -> None:
+                    disk.confirm_owner()
+                    start()
+
+                try:
                     result = copy_from_disk(disk, out, offset, length, sparse=sparse,
-                                            verify=verify, progress=moved)
-            else:
-                with _open_file(source, "rb") as src:
-                    result = copy_to_disk(disk, src, offset, length, verify=verify,
-                                          progress=moved)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--offset/--length") from None
-        finally:
-            if moved.bar is not None:
-                moved.bar.finish()
-        result.session = disk.stats().as_dict()
-    return result
+                                            verify=verify, progress=moved, before_output=ready)
+                except OwnerUnsettledError:
+                    if not defer:
+                        raise
+                    continue
+                result.session = disk.stats().as_dict()
+                return result
+    raise AssertionError("unreachable: the second open does not defer")
+
+
+@contextmanager
+def _output(name: str) -> Iterator[tuple[BinaryIO, Callable[[], None]]]:
+    if name == "-":
+        yield sys.stdout.buffer, lambda: None
+        return
+    with pending_output(name) as opened:
+        yield opened
 
 
 def _summary_dict(result: CopyResult) -> dict[str, Any]:

@@ -16,9 +16,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -171,6 +171,37 @@ def _is_regular(f: BinaryIO) -> bool:
         return False
 
 
+@contextmanager
+def pending_output(name: str) -> Iterator[tuple[BinaryIO, Callable[[], None]]]:
+    """``name`` opened for a copy's output (created if missing) but not yet emptied, with
+    the call that empties it, to run when data may go there (``before_output``). If the
+    block ends in an error before that call, a file this created is removed again and
+    one that existed is left as it was."""
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        created = True
+    except FileExistsError:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        created = False
+    out = cast(BinaryIO, os.fdopen(fd, "r+b"))
+    started = False
+
+    def start() -> None:
+        nonlocal started
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+        started = True
+
+    try:
+        with out:
+            yield out, start
+    except BaseException:
+        if created and not started:
+            with suppress(OSError):
+                os.unlink(name)
+        raise
+
+
 def check_range(size: int, offset: int, length: int | None) -> int:
     """Bytes a copy of ``length`` (None: to the end) from ``offset`` moves on a disk of
     ``size`` bytes; ValueError when the range does not fit."""
@@ -238,9 +269,12 @@ def copy_from_disk(
     verify: bool = False,
     progress: Progress | None = None,
     chunk: int = CHUNK,
+    before_output: Callable[[], None] | None = None,
 ) -> CopyResult:
     """Copy ``length`` bytes of the disk from ``offset`` to ``out`` (from its current
-    position, which should be 0 of a fresh file for sparse output to be exact)."""
+    position, which should be 0 of a fresh file for sparse output to be exact).
+    ``before_output`` runs once, before anything reaches ``out`` (the disk's reads may
+    have started): a last check that may still call the copy off."""
     total = check_range(disk.size, offset, length)
     sparse = sparse and _is_regular(out)
     digest = _sha256() if verify else None
@@ -252,6 +286,9 @@ def copy_from_disk(
     t0 = time.perf_counter()
     done = 0
     for data in _disk_chunks(disk, offset, total, chunk):
+        if before_output is not None:
+            before_output()
+            before_output = None
         if digest is not None:
             digest.update(data)
         if regular:
@@ -261,6 +298,8 @@ def copy_from_disk(
         done += len(data)
         if progress is not None:
             progress(done, total)
+    if before_output is not None:  # nothing was read: the output still gets its length
+        before_output()
     if regular:
         out.seek(start_pos + total)
         if sparse:

@@ -89,6 +89,7 @@ MIN_QUEUED_WINDOW = 8.0  # delay alone never shrinks the window below this
 PROBE_INTERVAL = 0.5
 REVIVE_FIRST = 0.25  # after a death, the first Query Config probe; doubled up to ...
 REVIVE_MAX = 4.0  # ... this many seconds between probes
+MAX_OTHER_MACS = 16  # strangers remembered (one is enough to act on)
 # Wake-up coalescing: when a wake-up brought few answers while more requests wait for
 # room in the window (a bulk transfer paced by a slow wire; not small random requests all
 # in flight, each awaited by its caller), the I/O loop waits for more to arrive before it
@@ -277,6 +278,9 @@ class SessionCore:
         self.dead: InitiatorError | None = None
         self.dead_at = 0.0
         self.revivals = 0  # times the target came back
+        # MACs outside the paths that answered Query Config for this address (port, MAC):
+        # another target claiming it, or a path discovery did not see (AoeDisk's owner check)
+        self.other_macs: list[tuple[object, bytes]] = []
         self._revive_at = INF
         self._revive_step = REVIVE_FIRST
         self._check: Request | None = None  # the IDENTIFY of a target that answered again
@@ -832,15 +836,8 @@ class SessionCore:
         src = bytes(frame_mv[6:12])
         ours = (shelf, slot) == (self.shelf, self.slot)
         if command == Command.QUERY_CONFIG:
-            # A probe answer revives the path but does not reset the dead clock: a target
-            # that answers Query Config but no data frame is still useless.
             if ours:
-                for p in self.paths:
-                    if p.io is port and p.target_mac == src:
-                        p.last_probe_rx = now
-                        p.on_alive(now)
-                if self.dead is not None and self._check is None:
-                    self._check_identity(now)
+                self._config_answer(port, src, now)
             return
         if command != Command.ATA:
             return
@@ -865,6 +862,22 @@ class SessionCore:
         self.last_rx = now
         self._finish_frame(frame)
         self._fail_request(frame.req, self._aoe_error(error))
+
+    def _config_answer(self, port: object, src: bytes, now: float) -> None:
+        """A Query Config answer for this address. A probe answer revives its path but does
+        not reset the dead clock: a target that answers Query Config but no data frame is
+        still useless. One from a MAC that is no path is remembered (``other_macs``)."""
+        known = False
+        for p in self.paths:
+            if p.io is port and p.target_mac == src:
+                known = True
+                p.last_probe_rx = now
+                p.on_alive(now)
+        if not known and (port, src) not in self.other_macs \
+                and len(self.other_macs) < MAX_OTHER_MACS:
+            self.other_macs.append((port, src))
+        if self.dead is not None and self._check is None:
+            self._check_identity(now)
 
     def _aoe_error(self, code: int) -> InitiatorError:
         if code == AoeError.TARGET_RESERVED:

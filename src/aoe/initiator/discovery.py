@@ -166,15 +166,17 @@ def query_config(
     target: tuple[int, int] | None = None,
     timeout: float = 1.0,
     settle: float | None = None,
+    grace: float = OTHER_OWNER_GRACE,
 ) -> list[TargetInfo]:
     """Broadcast Query Config on every port and gather the answers into targets.
 
     ``target`` directs the query at one shelf.slot. Collection runs for ``timeout``
     seconds, or stops ``settle`` seconds after the last new path once any answer came.
-    With ``settle`` and a ``target``, it stops OTHER_OWNER_GRACE after that target has
+    With ``settle`` and a ``target``, it stops ``grace`` seconds after that target has
     answered on every port (so a second MAC answering for the same address, a second path
     or a second disk, is still heard): a start-up should not wait once there is nothing
-    left to learn.
+    left to learn. A caller that listens on after (AoeDisk's deferred owner check) passes
+    a grace of 0.
     The query is sent again every RESEND_INTERVAL while collecting (each time with its
     own tag, for the RTT), so one lost frame on a lossy link does not hide a target.
     """
@@ -237,7 +239,7 @@ def query_config(
                         and {p.ifname for p in info.paths} >= asked_on):
                     # Every port has its answer: wait only as long as a second target
                     # claiming the same address would take to answer too.
-                    quiet_at = now + OTHER_OWNER_GRACE
+                    quiet_at = now + grace
                 if quiet_at is not None:
                     stop = min(stop, quiet_at)
                 deadline[0] = min(deadline[0], stop)

@@ -10,6 +10,7 @@ Any number of threads may call at once; their requests share one window per path
 from __future__ import annotations
 
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,8 +18,20 @@ from types import TracebackType
 
 from ..protocol import SECTOR_SIZE, DecodeError, format_mac, parse_identify
 from ..protocol.ata import LBA28_MAX_SECTORS
-from .discovery import TargetInfo, query_config, require_frame_size, require_one_disk
-from .errors import DiskClosedError, InitiatorError, NoTargetError, TargetReadOnlyError
+from .discovery import (
+    OTHER_OWNER_GRACE,
+    TargetInfo,
+    query_config,
+    require_frame_size,
+    require_one_disk,
+)
+from .errors import (
+    DiskClosedError,
+    InitiatorError,
+    NoTargetError,
+    OwnerUnsettledError,
+    TargetReadOnlyError,
+)
 from .ports import check_root, open_ports, resolve_interfaces
 from .session import Request, Session, SessionStats
 
@@ -89,7 +102,8 @@ class _RangeLock:
 class AoeDisk:
     """A remote AoE disk. Build it with :meth:`AoeDisk.open`; use as a context manager."""
 
-    def __init__(self, session: Session, info: TargetInfo, read_only: bool = False) -> None:
+    def __init__(self, session: Session, info: TargetInfo, read_only: bool = False,
+                 owner_check_at: float | None = None) -> None:
         if info.sectors is None:
             raise ValueError("the target's size is unknown (no IDENTIFY)")
         self._session = session
@@ -99,6 +113,10 @@ class AoeDisk:
         self._read_only = read_only
         self._locks = _RangeLock()
         self._closed = False
+        # Deferred owner check: until this time (monotonic) another target may still
+        # answer for the address; confirm_owner() settles it.
+        self._owner_check_at = owner_check_at
+        self._owner_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -116,6 +134,7 @@ class AoeDisk:
         max_rto: float = 1.0,
         max_window: int | None = None,
         frame_sectors: int | None = None,
+        defer_owner_check: bool = False,
     ) -> AoeDisk:
         """Find shelf.slot on ``ifaces`` (default: all up Ethernet interfaces), learn its
         paths and size, and start a session.
@@ -127,13 +146,21 @@ class AoeDisk:
         ``lba48`` forces the addressing mode (default: LBA48 whenever the device supports
         it). ``max_window`` and ``frame_sectors`` cap the window and frame size below what
         is negotiated.
+
+        Discovery listens OTHER_OWNER_GRACE after the answer, in case a second target
+        claims the address too. ``defer_owner_check`` returns at the answer instead and
+        leaves that listening to the session, for a reader that fetches data meanwhile:
+        it must call :meth:`confirm_owner` before it hands any of it on. Writes and
+        flushes wait for the check themselves.
         """
         check_root()
         names = resolve_interfaces(ifaces)
         ports = open_ports(names)
         session: Session | None = None
         try:
-            found = query_config(ports, (shelf, slot), timeout, settle=0.1)
+            found = query_config(ports, (shelf, slot), timeout, settle=0.1,
+                                 grace=0.0 if defer_owner_check else OTHER_OWNER_GRACE)
+            check_at = time.monotonic() + OTHER_OWNER_GRACE if defer_owner_check else None
             if not found:
                 macs = ", ".join(f"{p.ifname} {format_mac(p.mac)}" for p in ports)
                 raise NoTargetError(
@@ -155,7 +182,7 @@ class AoeDisk:
                 frame_sectors=frame_sectors,
             )
             _learn_identity(session, info, lba48)
-            return cls(session, info, read_only)
+            return cls(session, info, read_only, check_at)
         except BaseException:
             if session is not None:
                 session.close()
@@ -194,6 +221,26 @@ class AoeDisk:
             mv[:] = self.read(offset, length)
         return length
 
+    def confirm_owner(self) -> None:
+        """For a disk opened with ``defer_owner_check``: wait out the grace, then raise
+        OwnerUnsettledError if a MAC that is none of the paths answered for the address
+        meanwhile (nothing is known yet of what it serves: open the disk again without
+        deferring to learn whether it is another path or another disk). Returns at once
+        once settled, and for a disk opened the usual way. Not on the session's thread."""
+        if self._owner_check_at is None:
+            return
+        with self._owner_lock:
+            at = self._owner_check_at
+            if at is None:
+                return
+            others = self._session.other_macs_by(at)
+            if others:
+                heard = ", ".join(f"{mac} on {ifname}" for ifname, mac in others)
+                raise OwnerUnsettledError(
+                    f"{self.info.address} was answered by one more MAC after discovery "
+                    f"({heard})")
+            self._owner_check_at = None
+
     def write(self, offset: int, data: Buffer) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged every sector."""
         mv = memoryview(data).cast("B")
@@ -203,6 +250,7 @@ class AoeDisk:
             raise TargetReadOnlyError(f"target {self.info.address} is open read-only")
         if length == 0:
             return
+        self.confirm_owner()
         head = offset - first * SECTOR_SIZE
         with self._locks.hold(first, last):
             try:
@@ -237,12 +285,13 @@ class AoeDisk:
                      on_done: Callable[[BaseException | None], None]) -> bool:
         """Start writing sector-aligned ``data`` at ``offset`` without waiting (``data``
         must stay unchanged until ``on_done(error)``). False, with nothing started, when
-        the request is not aligned or overlaps a write in progress: use :meth:`write`."""
+        the request is not aligned or overlaps a write in progress, or while a deferred
+        owner check is not settled: use :meth:`write`."""
         length = len(data)
         whole = self._submittable(offset, length)
         if self._read_only:
             raise TargetReadOnlyError(f"target {self.info.address} is open read-only")
-        if not whole:
+        if not whole or self._owner_check_at is not None:
             return False
         first = offset // SECTOR_SIZE
         span = self._locks.try_take(first, first + length // SECTOR_SIZE)
@@ -282,6 +331,7 @@ class AoeDisk:
     def flush(self) -> None:
         """Ask the target to commit acknowledged writes to stable storage."""
         self._check_open()
+        self.confirm_owner()
         if self.info.flush_cache_ext and self._session.lba48:
             self._session.flush(extended=True)
         elif self.info.flush_cache or self.info.flush_cache_ext:

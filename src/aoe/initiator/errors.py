@@ -85,3 +85,11 @@ class ConflictingTargetsError(InitiatorError):
     address): reading or writing through both would mix two disks."""
 
     errno = _errno.EADDRINUSE
+
+
+class OwnerUnsettledError(InitiatorError):
+    """A disk opened with its owner check deferred heard another MAC answer for its
+    address during the grace: another target, or a path discovery had not seen yet. The
+    caller has written nothing; opening the disk again without deferring tells which."""
+
+    errno = _errno.EAGAIN

@@ -23,11 +23,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from threading import get_ident
+from typing import cast
 
 from ..lazylog import get_logger
 from ..net.mmsg import FrameBatch, GatherBatch
 from ..net.rawsock import RawSocket
-from ..protocol import SECTOR_SIZE, AtaFlag, AtaOpcode, DecodeError, parse_identify
+from ..protocol import (
+    SECTOR_SIZE,
+    AtaFlag,
+    AtaOpcode,
+    DecodeError,
+    format_mac,
+    parse_identify,
+)
 from ..protocol.constants import ATA_HEADER_LEN
 from .core import BATCH, INF, TX_HEAD, Request, SessionCore, SessionStats
 from .discovery import TargetInfo
@@ -147,6 +155,10 @@ class Session:
         # the call run when one is readable and the one run if the session ends first.
         self._watched: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
         self._kick: list[int] = []  # watched fds to serve once without waiting for poll
+        # Calls to run on the I/O thread once it has received what its ports hold: queued
+        # in _soon, armed when a poll starts, run after that poll's receive pass.
+        self._soon: list[Callable[[], None]] = []
+        self._armed: list[Callable[[], None]] = []
         self._watch_changed = False
         self._polled: set[int] = set()  # the watched fds the I/O thread's poller has
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -263,6 +275,25 @@ class Session:
             self._asleep = False
             os.eventfd_write(self._wake, 1)
 
+    def other_macs_by(self, at: float) -> list[tuple[str, str]]:
+        """(interface, MAC) of each MAC outside the session's paths that answered Query
+        Config for its address, counting every frame that arrived before ``at``
+        (monotonic): waits until then, and until the I/O thread has taken in what its
+        ports held at that moment."""
+        delay = at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        taken = threading.Event()
+        with self._lock:
+            running = not self._closing and self._failure is None and self._thread.is_alive()
+            if running:
+                self._soon.append(taken.set)
+                self._rouse()
+        if running:
+            taken.wait()
+        return [(cast(_PortIO, pio).port.ifname, format_mac(mac))
+                for pio, mac in list(self.core.other_macs)]
+
     def unwatch(self, fd: int) -> None:
         """Stop serving ``fd`` (from any thread; from the I/O thread it takes effect at
         once, so a callback may unwatch its own fd and then close it)."""
@@ -349,6 +380,10 @@ class Session:
             log.error("AoE session %s failed", self.address, exc_info=True)
             reason = InitiatorError(f"AoE session {self.address} failed: {exc!r}")
         self._fail_everything(reason)
+        with self._lock:  # nobody waits for a round that will not come
+            calls, self._soon, self._armed = self._armed + self._soon, [], []
+        for call in calls:
+            call()
         with self._lock:
             ended, self._watched = list(self._watched.values()), {}
         for _, on_end in ended:
@@ -400,6 +435,10 @@ class Session:
                 self._serve_other(fd)
         if self._kick:
             self._serve_kicked()
+        if self._armed:
+            calls, self._armed = self._armed, []
+            for call in calls:
+                call()
         return got
 
     def _sync_watched(self, poller: select.poll) -> None:
@@ -455,7 +494,10 @@ class Session:
         if self._watch_changed:
             self._sync_watched(poller)
         with self._lock:
-            if self._incoming or self._closing or self._kick:
+            if self._soon:  # queued before this poll: run once its frames are taken in
+                self._armed += self._soon
+                self._soon = []
+            if self._incoming or self._closing or self._kick or self._armed:
                 until = 0.0
             else:
                 self._asleep = True
