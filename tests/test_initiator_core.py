@@ -569,7 +569,7 @@ def test_nap_lets_answers_gather_only_in_a_bulk_transfer_on_a_slow_wire() -> Non
     path.outstanding = 64
     assert h.core.nap(1) == NAP_MAX
     path.srtt, path.outstanding = 0.0008, 1000  # a fast wire: too short a nap to take
-    assert h.core.nap(1) == 0.0 and NAP_MIN > 15 * 0.0008 / 1000
+    assert h.core.nap(1) == 0.0 and NAP_MIN > (NAP_FRAMES - 1) * 0.0008 / 1000
 
 
 def test_a_batch_of_answers_folds_one_rtt_sample() -> None:

@@ -100,10 +100,12 @@ MAX_OTHER_MACS = 16  # strangers remembered (one is enough to act on)
 # vblade does, or a window the delay control cut after a stall; woken per frame, either
 # spent twice the CPU per byte, stalled more and stayed there). The wait never exceeds
 # NAP_MAX, and one shorter than NAP_MIN is not taken (a sleep that short costs more than
-# it saves; on a fast wire the answers already come in batches).
-NAP_FRAMES = 16
+# it saves; on a fast wire the answers already come in batches). 32 frames and 4 ms (MTU
+# 9000 frames take 2.2 ms on a gigabit wire) rather than 16 and 2: 23-32 % less CPU per
+# byte at MTU 1500 and 9 % at 9000, the same rate.
+NAP_FRAMES = 32
 NAP_MIN = 0.0002
-NAP_MAX = 0.002
+NAP_MAX = 0.004
 INF = float("inf")
 
 # The compiled core loops (_compiled.c), when the install could build them. AOE_ACCEL=0
