@@ -154,6 +154,21 @@ def test_copy_through_stdout_and_stdin(rig: Rig, tmp_path: Path) -> None:
     assert rig.image_now()[3100:] == rig.data[3100:] and rig.image_now()[:100] == rig.data[:100]
 
 
+def test_copy_into_a_named_pipe(rig: Rig, tmp_path: Path) -> None:
+    """A FIFO as DEST is written in order, as stdout is (it cannot seek)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = tmp_path / "got.bin"
+    with open(got, "wb") as sink:
+        reader = subprocess.Popen(["cat", str(fifo)], stdout=sink)
+        try:
+            done = aoe(rig, "copy", ADDR, str(fifo), "--length", "3M", check=False)
+        finally:
+            reader.wait(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert got.read_bytes() == rig.data[: 3 << 20]
+
+
 def test_copy_json_summary(rig: Rig, tmp_path: Path) -> None:
     done = aoe(rig, "copy", ADDR, "j.img", "--json", "--verify")
     summary = json.loads(done.stdout)

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -183,7 +183,13 @@ def pending_output(name: str) -> Iterator[tuple[BinaryIO, Callable[[], None]]]:
     except FileExistsError:
         fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         created = False
-    out = cast(BinaryIO, os.fdopen(fd, "r+b"))
+    mode = os.fstat(fd).st_mode
+    seekable = stat.S_ISREG(mode) or stat.S_ISBLK(mode)
+    try:  # a pipe cannot seek: written in order, as stdout is
+        out: BinaryIO = os.fdopen(fd, "r+b" if seekable else "wb")
+    except BaseException:
+        os.close(fd)
+        raise
     started = False
 
     def start() -> None:
