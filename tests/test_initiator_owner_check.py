@@ -5,8 +5,9 @@ DEST untouched, another path to the same disk is used."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,11 @@ def _image(path: Path, seed: int) -> Path:
     return path
 
 
-Served = list[subprocess.Popen[str]]
-
-
-def _two_owners(lab: Lab, tmp: Path, same_disk: bool) -> tuple[Segment, Served]:
+@contextmanager
+def _two_owners(lab: Lab, tmp: Path, same_disk: bool) -> Iterator[Segment]:
     """1.0 served on host a, and on host b behind a relay that holds each frame back
-    LATE: the same image (two paths to one disk), or another one (two disks, one address)."""
+    LATE: the same image (two paths to one disk), or another one (two disks, one address).
+    Both targets are stopped on the way out."""
     seg = make_segment(lab, "a", "c")
     b = lab.host("b")
     relay = lab.relay_between(b, lab.hosts["sw"], delay=LATE)
@@ -44,17 +44,20 @@ def _two_owners(lab: Lab, tmp: Path, same_disk: bool) -> tuple[Segment, Served]:
     second = first if same_disk else _image(tmp / "b.img", 2)
     procs = [serve(seg.hosts["a"], "--state-dir", str(tmp / "sa"), "-i", "eth0", "1.0",
                    str(first))]
-    procs.append(serve(b, "--force", "--state-dir", str(tmp / "sb"), "-i", relay.a_ifname,
-                       "1.0", str(second)))
-    return seg, procs
+    try:
+        procs.append(serve(b, "--force", "--state-dir", str(tmp / "sb"), "-i",
+                           relay.a_ifname, "1.0", str(second)))
+        yield seg
+    finally:
+        for p in procs:
+            stop(lab, p)
 
 
 @pytest.mark.netns
 def test_a_late_second_disk_is_refused_and_dest_is_left_as_it_was(lab: Lab,
                                                                    tmp_path: Path) -> None:
-    seg, procs = _two_owners(lab, tmp_path, same_disk=False)
-    c = seg.hosts["c"]
-    try:
+    with _two_owners(lab, tmp_path, same_disk=False) as seg:
+        c = seg.hosts["c"]
         kept = tmp_path / "kept.img"
         kept.write_bytes(b"what the user had here")
         fresh = tmp_path / "fresh.img"
@@ -65,32 +68,24 @@ def test_a_late_second_disk_is_refused_and_dest_is_left_as_it_was(lab: Lab,
             assert "different disks" in cp.stderr and seg.macs["b"] in cp.stderr
         assert kept.read_bytes() == b"what the user had here"
         assert not fresh.exists()
-    finally:
-        for p in procs:
-            stop(lab, p)
 
 
 @pytest.mark.netns
 def test_a_late_second_path_to_the_same_disk_is_used(lab: Lab, tmp_path: Path) -> None:
-    seg, procs = _two_owners(lab, tmp_path, same_disk=True)
-    c = seg.hosts["c"]
-    try:
+    with _two_owners(lab, tmp_path, same_disk=True) as seg:
+        c = seg.hosts["c"]
         out = tmp_path / "out.img"
         out.write_bytes(b"x" * (SIZE * 2))  # longer than the disk: emptied first
         cp = c.run(aoe_cmd("copy", "-i", "eth0", "1.0", str(out)), check=False, timeout=60)
         assert cp.returncode == 0, cp.stderr
         assert out.read_bytes() == (tmp_path / "a.img").read_bytes()
-    finally:
-        for p in procs:
-            stop(lab, p)
 
 
 @pytest.mark.netns
 def test_a_deferred_disk_reads_at_once_and_holds_writes_until_settled(lab: Lab,
                                                                       tmp_path: Path) -> None:
-    seg, procs = _two_owners(lab, tmp_path, same_disk=False)
-    c = seg.hosts["c"]
-    try:
+    with _two_owners(lab, tmp_path, same_disk=False) as seg:
+        c = seg.hosts["c"]
         disk = open_disk(c, 1, 0, ["eth0"], defer_owner_check=True)
         with disk:
             buf = bytearray(8192)
@@ -105,9 +100,6 @@ def test_a_deferred_disk_reads_at_once_and_holds_writes_until_settled(lab: Lab,
         # The usual open hears both and refuses to combine them.
         with pytest.raises(ConflictingTargetsError, match="different disks"):
             open_disk(c, 1, 0, ["eth0"]).close()
-    finally:
-        for p in procs:
-            stop(lab, p)
 
 
 @pytest.mark.netns
