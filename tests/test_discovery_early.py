@@ -41,8 +41,11 @@ class AnsweringPort:
             else:
                 self._wire.send(answer)
 
-    def recv(self, size: int) -> bytes:
-        return self._ours.recv(size)
+    def recv_nowait(self, size: int = 65536) -> bytes | None:
+        try:
+            return self._ours.recv(size)
+        except BlockingIOError:
+            return None
 
     def close(self) -> None:
         self._ours.close()

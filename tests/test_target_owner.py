@@ -90,6 +90,12 @@ class _HighPort:
     def send(self, data: bytes) -> int:
         return self.sock.send(data)
 
+    def recv_nowait(self, size: int = 65536) -> bytes | None:
+        try:
+            return self.sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+
 
 def test_the_probe_waits_on_descriptors_above_1024() -> None:
     """A target with about a thousand exports holds descriptors above 1024, where select()

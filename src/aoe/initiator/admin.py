@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..net.rawsock import RawSocket
+from ..net.responses import responses
 from ..protocol import (
     AtaBody,
     AtaFlag,
@@ -22,7 +23,7 @@ from ..protocol import (
 from ..protocol.constants import DirectiveCommand, MaskCommand, MaskError, ReserveCommand
 from ..protocol.errors import AoeError
 from ..protocol.frames import Body, Directive, MaskBody, ReserveBody
-from .discovery import _receive, query_config
+from .discovery import RECV_SIZE, query_config
 from .errors import InitiatorError, NoTargetError
 from .ports import check_root, open_ports, resolve_interfaces
 
@@ -87,7 +88,7 @@ def _collect(ports: Sequence[RawSocket], pending: dict[int, Answer], command: in
              timeout: float) -> list[Answer]:
     answers = list(pending.values())
     deadline = [time.monotonic() + timeout]
-    for _port, frame, _now in _receive(ports, deadline):
+    for _port, frame, _now in responses(ports, deadline, RECV_SIZE):
         a = pending.get(frame.tag)
         if a is None or frame.command != command or frame.src != a.mac:
             continue
@@ -107,7 +108,7 @@ def _broadcast_config(ports: Sequence[RawSocket], address: tuple[int, int], body
                             Command.QUERY_CONFIG, tag, body), pad=True))
     out: list[Answer] = []
     deadline = [time.monotonic() + timeout]
-    for port, frame, _now in _receive(ports, deadline):
+    for port, frame, _now in responses(ports, deadline, RECV_SIZE):
         if frame.tag != tag or frame.command != Command.QUERY_CONFIG:
             continue
         if (frame.shelf, frame.slot) != address:

@@ -8,13 +8,13 @@ This is a plain blocking loop over poll(): discovery happens once, speed is not 
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..net.rawsock import RawSocket
+from ..net.responses import responses
 from ..protocol import (
     AOE_VERSION,
     BROADCAST_MAC,
@@ -28,7 +28,6 @@ from ..protocol import (
     ConfigCommand,
     DecodeError,
     Frame,
-    decode,
     encode,
     format_mac,
     max_sectors_for_mtu,
@@ -131,36 +130,6 @@ def identify_frame(dst: bytes, src: bytes, shelf: int, slot: int, tag: int) -> b
     return encode(Frame(dst, src, shelf, slot, Command.ATA, tag, body), pad=True)
 
 
-def _receive(
-    ports: Sequence[RawSocket], deadline: list[float]
-) -> Iterable[tuple[RawSocket, Frame, float]]:
-    """Yield decodable response frames arriving on any port until ``deadline[0]``
-    (a one-element list, so the consumer may move the deadline while iterating)."""
-    by_fd = {p.fileno(): p for p in ports}
-    poller = select.poll()  # not select(): a program with many files has high descriptors
-    for fd in by_fd:
-        poller.register(fd, select.POLLIN)
-    while True:
-        left = deadline[0] - time.monotonic()
-        if left <= 0:
-            return
-        ready = poller.poll(left * 1000.0)
-        now = time.monotonic()
-        for fd, _ in ready:
-            port = by_fd[fd]
-            while True:
-                try:
-                    raw = port.recv(RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                try:
-                    frame = decode(raw)
-                except DecodeError:
-                    continue
-                if frame.is_response:
-                    yield port, frame, now
-
-
 def query_config(
     ports: Sequence[RawSocket],
     target: tuple[int, int] | None = None,
@@ -197,7 +166,7 @@ def query_config(
             port.send(_query_frame(port, shelf, slot, tag))
             sent[(tag, port.ifname)] = time.monotonic()
         deadline = [min(stop, time.monotonic() + RESEND_INTERVAL)]
-        for port, frame, now in _receive(ports, deadline):
+        for port, frame, now in responses(ports, deadline, RECV_SIZE):
             body = frame.body
             asked = sent.get((frame.tag, port.ifname))
             if frame.command != Command.QUERY_CONFIG or asked is None or frame.is_error:
@@ -261,7 +230,7 @@ def identify(
         tag = (tag + 1) | 0x80000000
         port.send(identify_frame(dst, port.mac, info.shelf, info.slot, tag & 0xFFFFFFFF))
         deadline = [time.monotonic() + timeout]
-        for _port, frame, _now in _receive([port], deadline):
+        for _port, frame, _now in responses([port], deadline, RECV_SIZE):
             if (frame.command, frame.tag, frame.src) != (Command.ATA, tag & 0xFFFFFFFF, dst):
                 continue
             if (frame.shelf, frame.slot) != (info.shelf, info.slot):
@@ -310,7 +279,7 @@ def identify_all(ports: Sequence[RawSocket], targets: Sequence[TargetInfo],
             except OSError:
                 pass
         deadline = [time.monotonic() + timeout]
-        for _port, frame, _now in _receive(ports, deadline):
+        for _port, frame, _now in responses(ports, deadline, RECV_SIZE):
             idx = tags.get((frame.tag, frame.src), -1) if frame.command == Command.ATA else -1
             found = waiting.get(idx)
             if found is None or (frame.shelf, frame.slot) != (found.shelf, found.slot):

@@ -173,6 +173,14 @@ class RawSocket:
     def recv(self, size: int = 65536) -> bytes:
         return self.sock.recv(size)
 
+    def recv_nowait(self, size: int = 65536) -> bytes | None:
+        """A frame waiting on the socket, or None if none is (never blocks, whatever the
+        socket's mode)."""
+        try:
+            return self.sock.recv(size, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+
     def recvfrom(self, size: int = 65536) -> tuple[bytes, bool]:
         """A frame and whether this host sent it (seen only with ``outgoing``)."""
         raw, addr = self.sock.recvfrom(size)

@@ -8,12 +8,11 @@ answers from other MACs; the caller refuses to start (unless forced) when one co
 from __future__ import annotations
 
 import os
-import select
-import socket
 import time
 from collections.abc import Iterable, Sequence
 
 from ..net.rawsock import RawSocket
+from ..net.responses import responses
 from ..protocol import (
     BROADCAST_MAC,
     BROADCAST_SHELF,
@@ -21,9 +20,7 @@ from ..protocol import (
     Command,
     ConfigBody,
     ConfigCommand,
-    DecodeError,
     Frame,
-    decode,
     encode,
 )
 
@@ -42,51 +39,24 @@ def other_owners(socks: Sequence[tuple[str, RawSocket]], addresses: Iterable[tup
     if not wanted or not socks:
         return found
     tag = int.from_bytes(os.urandom(4), "big") | 0x80000000
-    by_fd = {s.fileno(): (name, s) for name, s in socks}
-    poller = select.poll()  # not select(): a target with many exports has high descriptors
-    for fd in by_fd:
-        poller.register(fd, select.POLLIN)
+    names = {id(s): name for name, s in socks}
+    ports = [s for _, s in socks]
     end = time.monotonic() + wait
-    next_send = 0.0
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        if now >= next_send:
-            for _, s in socks:
-                body = ConfigBody(ccmd=ConfigCommand.READ)
-                f = Frame(BROADCAST_MAC, s.mac, BROADCAST_SHELF, BROADCAST_SLOT,
-                          Command.QUERY_CONFIG, tag, body)
-                try:
-                    s.send(encode(f, pad=True))
-                except OSError:
-                    pass
-            next_send = now + PROBE_REPEAT
-        ready = poller.poll(max(0.0, min(end, next_send) - now) * 1000.0)
-        for fd, _ in ready:
-            name, s = by_fd[fd]
-            _take_answers(name, s, wanted, own, found)
+    while (now := time.monotonic()) < end:
+        for s in ports:
+            body = ConfigBody(ccmd=ConfigCommand.READ)
+            f = Frame(BROADCAST_MAC, s.mac, BROADCAST_SHELF, BROADCAST_SLOT,
+                      Command.QUERY_CONFIG, tag, body)
+            try:
+                s.send(encode(f, pad=True))
+            except OSError:
+                pass
+        deadline = [min(end, now + PROBE_REPEAT)]
+        for s, frame, _ in responses(ports, deadline):
+            addr = (frame.shelf, frame.slot)
+            if frame.command != Command.QUERY_CONFIG or addr not in wanted or frame.src in own:
+                continue
+            who = (names[id(s)], frame.src.hex(":"))
+            if who not in found.setdefault(addr, []):
+                found[addr].append(who)
     return found
-
-
-def _take_answers(name: str, s: RawSocket, wanted: set[tuple[int, int]], own: set[bytes],
-                  found: dict[tuple[int, int], list[tuple[str, str]]]) -> None:
-    """Note in ``found`` every other MAC answering for a wanted address, from what is
-    waiting on ``s`` (interface ``name``)."""
-    while True:
-        try:
-            raw = s.sock.recv(65536, socket.MSG_DONTWAIT)
-        except OSError:  # nothing more waiting (or the socket failed): done for now
-            return
-        try:
-            frame = decode(raw)
-        except DecodeError:
-            continue
-        if not frame.is_response or frame.command != Command.QUERY_CONFIG:
-            continue
-        addr = (frame.shelf, frame.slot)
-        if addr not in wanted or frame.src in own:
-            continue
-        who = (name, frame.src.hex(":"))
-        if who not in found.setdefault(addr, []):
-            found[addr].append(who)
