@@ -23,7 +23,7 @@ from ..protocol import (
 from ..protocol.constants import DirectiveCommand, MaskCommand, MaskError, ReserveCommand
 from ..protocol.errors import AoeError
 from ..protocol.frames import Body, Directive, MaskBody, ReserveBody
-from .discovery import RECV_SIZE, query_config
+from .discovery import query_config
 from .errors import InitiatorError, NoTargetError
 from .ports import check_root, open_ports, resolve_interfaces
 
@@ -88,7 +88,7 @@ def _collect(ports: Sequence[RawSocket], pending: dict[int, Answer], command: in
              timeout: float) -> list[Answer]:
     answers = list(pending.values())
     deadline = [time.monotonic() + timeout]
-    for _port, frame, _now in responses(ports, deadline, RECV_SIZE):
+    for _port, frame, _now in responses(ports, deadline):
         a = pending.get(frame.tag)
         if a is None or frame.command != command or frame.src != a.mac:
             continue
@@ -108,7 +108,7 @@ def _broadcast_config(ports: Sequence[RawSocket], address: tuple[int, int], body
                             Command.QUERY_CONFIG, tag, body), pad=True))
     out: list[Answer] = []
     deadline = [time.monotonic() + timeout]
-    for port, frame, _now in responses(ports, deadline, RECV_SIZE):
+    for port, frame, _now in responses(ports, deadline):
         if frame.tag != tag or frame.command != Command.QUERY_CONFIG:
             continue
         if (frame.shelf, frame.slot) != address:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
@@ -379,7 +379,7 @@ def _copy(src_addr: tuple[int, int] | None, source: str, dest: str, address: tup
     try:
         if src_addr is not None:
             return _copy_out(open_disk, dest, offset, length, verify, sparse, moved)
-        with open_disk() as disk, _open_file(source, "rb") as src:
+        with open_disk() as disk, _input(source) as src:
             result = copy_to_disk(disk, src, offset, length, verify=verify, progress=moved)
             result.session = disk.stats().as_dict()
             return result
@@ -434,9 +434,9 @@ def _summary_dict(result: CopyResult) -> dict[str, Any]:
 
 
 @contextmanager
-def _open_file(name: str, mode: str) -> Iterator[BinaryIO]:
+def _input(name: str) -> Iterator[BinaryIO]:
     if name == "-":
-        yield sys.stdout.buffer if "w" in mode else sys.stdin.buffer
+        yield sys.stdin.buffer
         return
-    with open(name, mode) as f:
-        yield cast(BinaryIO, f)
+    with open(name, "rb") as f:
+        yield f

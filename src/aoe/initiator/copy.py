@@ -184,9 +184,9 @@ def pending_output(name: str) -> Iterator[tuple[BinaryIO, Callable[[], None]]]:
         fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         created = False
     mode = os.fstat(fd).st_mode
-    seekable = stat.S_ISREG(mode) or stat.S_ISBLK(mode)
+    regular = stat.S_ISREG(mode)
     try:  # a pipe cannot seek: written in order, as stdout is
-        out: BinaryIO = os.fdopen(fd, "r+b" if seekable else "wb")
+        out: BinaryIO = os.fdopen(fd, "r+b" if regular or stat.S_ISBLK(mode) else "wb")
     except BaseException:
         os.close(fd)
         raise
@@ -194,7 +194,7 @@ def pending_output(name: str) -> Iterator[tuple[BinaryIO, Callable[[], None]]]:
 
     def start() -> None:
         nonlocal started
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        if regular:
             os.ftruncate(fd, 0)
         started = True
 
@@ -282,11 +282,11 @@ def copy_from_disk(
     ``before_output`` runs once, before anything reaches ``out`` (the disk's reads may
     have started): a last check that may still call the copy off."""
     total = check_range(disk.size, offset, length)
-    sparse = sparse and _is_regular(out)
+    regular = _is_regular(out)
+    sparse = sparse and regular
     digest = _sha256() if verify else None
     holes = 0
-    start_pos = out.tell() if _is_regular(out) else 0
-    regular = _is_regular(out)
+    start_pos = out.tell() if regular else 0
     if regular:
         out.flush()  # what the file object buffered goes first; then pwrite at offsets
     t0 = time.perf_counter()

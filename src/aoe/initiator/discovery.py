@@ -36,7 +36,6 @@ from ..protocol import (
 from .errors import ConflictingTargetsError, MtuMismatchError
 from .ports import check_root, open_ports, resolve_interfaces
 
-RECV_SIZE = 65536
 RESEND_INTERVAL = 0.25  # seconds between Query Configs while collecting answers
 # How long a listing of every target (`aoe discover`) goes on after the last new answer:
 # longer than RESEND_INTERVAL, so a target that missed the first query answers the next.
@@ -166,7 +165,7 @@ def query_config(
             port.send(_query_frame(port, shelf, slot, tag))
             sent[(tag, port.ifname)] = time.monotonic()
         deadline = [min(stop, time.monotonic() + RESEND_INTERVAL)]
-        for port, frame, now in responses(ports, deadline, RECV_SIZE):
+        for port, frame, now in responses(ports, deadline):
             body = frame.body
             asked = sent.get((frame.tag, port.ifname))
             if frame.command != Command.QUERY_CONFIG or asked is None or frame.is_error:
@@ -230,7 +229,7 @@ def identify(
         tag = (tag + 1) | 0x80000000
         port.send(identify_frame(dst, port.mac, info.shelf, info.slot, tag & 0xFFFFFFFF))
         deadline = [time.monotonic() + timeout]
-        for _port, frame, _now in responses([port], deadline, RECV_SIZE):
+        for _port, frame, _now in responses([port], deadline):
             if (frame.command, frame.tag, frame.src) != (Command.ATA, tag & 0xFFFFFFFF, dst):
                 continue
             if (frame.shelf, frame.slot) != (info.shelf, info.slot):
@@ -279,7 +278,7 @@ def identify_all(ports: Sequence[RawSocket], targets: Sequence[TargetInfo],
             except OSError:
                 pass
         deadline = [time.monotonic() + timeout]
-        for _port, frame, _now in responses(ports, deadline, RECV_SIZE):
+        for _port, frame, _now in responses(ports, deadline):
             idx = tags.get((frame.tag, frame.src), -1) if frame.command == Command.ATA else -1
             found = waiting.get(idx)
             if found is None or (frame.shelf, frame.slot) != (found.shelf, found.slot):
