@@ -95,7 +95,7 @@ def test_bench_quick_netbook_scenario(tmp_path: Path) -> None:
     proc, stdout, stderr = _run_bench(
         ["--quick", "--scenarios", "netbook", "--mtus", "1500", "--size", "8M",
          "--netbook-links", "1gbit/1500", "--netbook-caps", "25",
-         "--netbook-ways", "copy-to-file,tar-nc,c-pair", "--netbook-size", "4M",
+         "--netbook-ways", "copy-to-file,tar-nc,c-pair,c-pair-file", "--netbook-size", "4M",
          "--netbook-period", "20", "--no-write-docs", "--json", str(out_json)], 240)
     assert proc.returncode == 0, stderr
     [table] = json.loads(out_json.read_text())["tables"]
@@ -103,7 +103,8 @@ def test_bench_quick_netbook_scenario(tmp_path: Path) -> None:
     assert any("CFS period 20 ms" in note for note in table["notes"])
     rows = {row[3]: row for row in table["rows"]}
     assert set(rows) == {"aoe serve + aoe copy to a file", "tar \\| nc",
-                         "C responder + C reader (floor)"}
+                         "C responder + C reader (floor)",
+                         "C responder + C reader to a file (floor)"}
     for row in rows.values():
         assert row[:3] == ["1gbit", "1500", "25 %"]
         assert float(row[4]) > 0 and float(row[6]) > 0  # MB/s, start-up seconds
@@ -189,6 +190,13 @@ def test_c_floor_pair_serves_the_image_faithfully(tmp_path: Path,
     got = hosts.initiator.run([str(exe), "read", hosts.cable.b_ifname, "7", "7",
                                str(4 << 20), "32"], timeout=60).stdout.split()
     assert int(got[0]) == 4 << 20 and float(got[1]) > 0
+    # With a file to write, the reader leaves there exactly what it read (4 MiB and one
+    # sector: the last request is short), and nothing of what the file held before.
+    copied = tmp_path / "read.img"
+    copied.write_bytes(b"\xee" * (5 << 20))
+    hosts.initiator.run([str(exe), "read", hosts.cable.b_ifname, "7", "7",
+                         str((4 << 20) + 512), "32", str(copied)], timeout=60)
+    assert copied.read_bytes() == image.read_bytes()[: (4 << 20) + 512]
     hosts.lab.kill(proc)
 
 

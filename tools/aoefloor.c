@@ -10,8 +10,13 @@
  *                                                 a buffer first (two copies per byte, as
  *                                                 aoe serve and vblade do) instead of being
  *                                                 sent straight from a mapping of FILE
- *   aoefloor read IFACE SHELF SLOT BYTES [WINDOW] read BYTES from sector 0; prints
- *                                                 "bytes seconds retransmits"
+ *   aoefloor read IFACE SHELF SLOT BYTES [WINDOW [OUT]]
+ *                                                 read BYTES from sector 0; prints
+ *                                                 "bytes seconds retransmits"; with OUT,
+ *                                                 each batch's data is also written to
+ *                                                 that file at its offset (pwritev of the
+ *                                                 runs of consecutive sectors, straight
+ *                                                 from the receive buffers)
  *
  * Frames: Ethernet (14) + AoE (10) + ATA (12) = 36 header bytes, then data.
  */
@@ -31,6 +36,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -265,7 +271,49 @@ static int find_target(int s, int shelf, int slot, uint8_t mac[6]) {
     exit(1);
 }
 
-static int reader(const char *iface, int shelf, int slot, uint64_t bytes, int window) {
+/* Runs of consecutive sectors received in one batch, written with one pwritev each. */
+struct output {
+    int fd;
+    uint64_t start, end; /* byte range of the run gathered so far */
+    int n;
+    struct iovec iov[BATCH];
+};
+
+static void out_flush(struct output *o) {
+    if (o->n == 0)
+        return;
+    uint64_t left = o->end - o->start, at = o->start;
+    struct iovec *v = o->iov;
+    int n = o->n;
+    while (left) {
+        ssize_t w = pwritev(o->fd, v, n, (off_t)at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            die("pwritev");
+        left -= (uint64_t)w, at += (uint64_t)w;
+        while (n && (size_t)w >= v->iov_len) w -= (ssize_t)v->iov_len, v++, n--;
+        if (n) v->iov_base = (uint8_t *)v->iov_base + w, v->iov_len -= (size_t)w;
+    }
+    o->n = 0;
+}
+
+static void out_add(struct output *o, uint64_t at, void *data, size_t len) {
+    if (o->n && (at != o->end || o->n == BATCH))
+        out_flush(o);
+    if (o->n == 0)
+        o->start = o->end = at;
+    o->iov[o->n].iov_base = data;
+    o->iov[o->n].iov_len = len;
+    o->n++;
+    o->end += len;
+}
+
+static int reader(const char *iface, int shelf, int slot, uint64_t bytes, int window,
+                  const char *path) {
+    static struct output sink = {.fd = -1};
+    if (path && (sink.fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0)
+        die("open");
     int s = open_sock(iface);
     uint8_t mac[6];
     int maxsec = find_target(s, shelf, slot, mac);
@@ -351,12 +399,18 @@ static int reader(const char *iface, int shelf, int slot, uint64_t bytes, int wi
                         (unsigned long long)slots[i].lba);
                 return 1;
             }
+            if (sink.fd >= 0)
+                out_add(&sink, slots[i].lba * 512, rx[j] + HDR, slots[i].count * 512u);
             done += slots[i].count;
             slots[i].busy = 0;
             pending[npend++] = i;
             last = now();
         }
+        if (sink.fd >= 0)
+            out_flush(&sink); /* the receive buffers are used again by the next batch */
     }
+    if (sink.fd >= 0 && close(sink.fd) < 0)
+        die("close");
     printf("%llu %.6f %lu\n", (unsigned long long)(done * 512), now() - t0, retrans);
     return 0;
 }
@@ -366,8 +420,8 @@ int main(int argc, char **argv) {
         serve(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5], !strcmp(argv[1], "serve-copy"));
     if (argc >= 6 && !strcmp(argv[1], "read"))
         return reader(argv[2], atoi(argv[3]), atoi(argv[4]), strtoull(argv[5], NULL, 0),
-                      argc > 6 ? atoi(argv[6]) : 64);
+                      argc > 6 ? atoi(argv[6]) : 64, argc > 7 ? argv[7] : NULL);
     fprintf(stderr, "usage: aoefloor serve|serve-copy IFACE SHELF SLOT FILE\n"
-                    "       aoefloor read IFACE SHELF SLOT BYTES [WINDOW]\n");
+                    "       aoefloor read IFACE SHELF SLOT BYTES [WINDOW [OUT]]\n");
     return 2;
 }

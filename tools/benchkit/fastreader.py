@@ -84,13 +84,16 @@ def start(bench: Bench, cap: CpuCap, exe: Path, kind: str, image: Path,
 
 
 def read_once(bench: Bench, cap: CpuCap, reader: CpuCap, exe: Path,
-              length: int) -> Read:
+              length: int, output: Path | None = None) -> Read:
+    """One run of the C reader (writing what it reads to `output` if given)."""
     shelf, slot = ADDRESS["serve"]
     c0 = cap.cpu_seconds()
+    to_file = [] if output is None else [str(output)]
     try:
         out = reader.run(bench.initiator_host,
                          [str(exe), "read", bench.ifname("serve", "initiator"), str(shelf),
-                          str(slot), str(length), str(WINDOW)], timeout=600).stdout
+                          str(slot), str(length), str(WINDOW), *to_file],
+                         timeout=600).stdout
     except subprocess.CalledProcessError as exc:
         raise BenchError(f"C reader failed: {exc.stderr.strip()}") from None
     nbytes, seconds, retrans = out.split()
