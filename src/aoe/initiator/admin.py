@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..net.rawsock import RawSocket
+from ..net.rawsock import RawSocket, close_all
 from ..net.responses import responses
 from ..protocol import (
     AtaBody,
@@ -80,8 +80,7 @@ def _exchange(ifaces: Iterable[str] | None, address: tuple[int, int], command: i
             pending[tag] = Answer(path.target_mac, path.ifname, None)
         return _collect(ports, pending, command, timeout)
     finally:
-        for p in ports:
-            p.close()
+        close_all(ports)
 
 
 def _collect(ports: Sequence[RawSocket], pending: dict[int, Answer], command: int,

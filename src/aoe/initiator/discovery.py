@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..net.rawsock import RawSocket
+from ..net.rawsock import RawSocket, close_all
 from ..net.responses import responses
 from ..protocol import (
     AOE_VERSION,
@@ -329,8 +329,7 @@ def discover(
                 find_conflict(ports, info)
         return targets
     finally:
-        for port in ports:
-            port.close()
+        close_all(ports)
 
 
 def require_frame_size(info: TargetInfo) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
+from ..net.rawsock import close_all
 from ..protocol import SECTOR_SIZE, DecodeError, format_mac, parse_identify
 from ..protocol.ata import LBA28_MAX_SECTORS
 from .discovery import (
@@ -187,8 +188,7 @@ class AoeDisk:
             if session is not None:
                 session.close()
             else:
-                for port in ports:
-                    port.close()
+                close_all(ports)
             raise
 
     # --- the block-device duck type ----------------------------------------------------

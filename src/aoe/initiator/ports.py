@@ -17,7 +17,7 @@ from ..net.link import (
     is_ethernet,
     link_info,
 )
-from ..net.rawsock import InterfaceError, RawSocket
+from ..net.rawsock import InterfaceError, RawSocket, close_all
 from ..protocol.constants import ATA_HEADER_LEN, SECTOR_SIZE
 from .errors import InterfaceUnusableError, MtuMismatchError, NotRootError
 
@@ -78,7 +78,6 @@ def open_ports(ifaces: Sequence[str]) -> list[RawSocket]:
             port.setblocking(False)
             ports.append(port)
     except BaseException:
-        for port in ports:
-            port.close()
+        close_all(ports)
         raise
     return ports

@@ -27,7 +27,7 @@ from typing import cast
 
 from ..lazylog import get_logger
 from ..net.mmsg import FrameBatch, GatherBatch
-from ..net.rawsock import RawSocket
+from ..net.rawsock import RawSocket, close_all
 from ..protocol import (
     SECTOR_SIZE,
     AtaFlag,
@@ -368,8 +368,7 @@ class Session:
             if self._wake >= 0:
                 os.close(self._wake)
                 self._wake = -1
-                for port in self._ports:
-                    port.close()
+                close_all(self._ports)
 
     # --- I/O thread ---------------------------------------------------------------------
     def _run(self) -> None:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..net.rawsock import RawSocket
+from ..net.rawsock import RawSocket, close_all
 from .probe import other_owners
 from .state import StateError
 from .store import ExportSpec, Store, StoreError, settle_state
@@ -83,8 +83,7 @@ def _probe(target: Target, specs: Sequence[ExportSpec]
                 log.warning("probe_failed", extra={"interface": p.name, "err": str(exc)})
         return other_owners(socks, [(s.shelf, s.slot) for s in specs])
     finally:
-        for _, s in socks:
-            s.close()
+        close_all([s for _, s in socks])
 
 
 def _switch(target: Target, old: dict[tuple[int, int], Store],

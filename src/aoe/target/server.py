@@ -24,7 +24,7 @@ from types import FrameType
 
 from ..net import link
 from ..net.mmsg import FrameBatch
-from ..net.rawsock import InterfaceError, RawSocket
+from ..net.rawsock import InterfaceError, RawSocket, close_all
 from ..protocol.constants import ETH_MIN_FRAME, MIN_MTU, max_sectors_for_mtu
 from ..protocol.mac import format_mac
 from . import counters as ck
@@ -173,12 +173,10 @@ class Target:
             for spec in self.specs:
                 self.exports.append(Store.open(spec, self.state_dir, self.keep_state))
         except StoreError as exc:
-            for _, s in socks:
-                s.close()
+            close_all([s for _, s in socks])
             raise TargetError(str(exc)) from None
         except BaseException:
-            for _, s in socks:
-                s.close()
+            close_all([s for _, s in socks])
             raise
         for ifs, sock in socks:
             served = [e for e in self.exports
@@ -460,8 +458,7 @@ class Target:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
             self._thread = None
-        for p in self.ports:
-            p.sock.close()
+        close_all([p.sock for p in self.ports])
         self.ports = []
         for e in self.exports:
             e.close()
