@@ -4,7 +4,8 @@ Every part of the project that puts frames on a link opens it here: the target, 
 initiator, the relay, the sniffer, the checks, the tests and the benchmarks. By default it
 ignores its own outgoing frames (otherwise a responder would answer itself); a sniffer asks
 for them instead. It exposes plain send/recv, the interface's MAC and MTU, and batches of
-frames per system call (:mod:`aoe.net.mmsg`).
+frames per system call (:mod:`aoe.net.mmsg`). :func:`close_all` closes several at once,
+since each close waits for the kernel.
 """
 
 from __future__ import annotations
