@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aoe.lab.nsutil import LabError
-from aoe.net.rawsock import RawSocket
+from aoe.net.rawsock import RawSocket, close_all
 from aoe.protocol.constants import ETHERTYPE_AOE
 
 if TYPE_CHECKING:
@@ -218,8 +218,7 @@ class Relay:
         finally:
             self._flush(0)
             self._flush(1)
-            sa.close()
-            sb.close()
+            close_all([sa, sb])
         return self.stats()
 
     def _loop(self, sa: RawSocket, sb: RawSocket, end: float | None) -> None:

@@ -41,14 +41,15 @@ def other_owners(socks: Sequence[tuple[str, RawSocket]], addresses: Iterable[tup
     tag = int.from_bytes(os.urandom(4), "big") | 0x80000000
     names = {id(s): name for name, s in socks}
     ports = [s for _, s in socks]
+    queries = [(s, encode(Frame(BROADCAST_MAC, s.mac, BROADCAST_SHELF, BROADCAST_SLOT,
+                                Command.QUERY_CONFIG, tag,
+                                ConfigBody(ccmd=ConfigCommand.READ)), pad=True))
+               for s in ports]  # the same query every round
     end = time.monotonic() + wait
     while (now := time.monotonic()) < end:
-        for s in ports:
-            body = ConfigBody(ccmd=ConfigCommand.READ)
-            f = Frame(BROADCAST_MAC, s.mac, BROADCAST_SHELF, BROADCAST_SLOT,
-                      Command.QUERY_CONFIG, tag, body)
+        for s, query in queries:
             try:
-                s.send(encode(f, pad=True))
+                s.send(query)
             except OSError:
                 pass
         deadline = [min(end, now + PROBE_REPEAT)]
