@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from aoe.cli import main
 from aoe.lab import Lab
 
+from .support.holder import fd_listing_holder, held_descriptors
 from .support.initiator import AOE_BIN, SHELF, SLOT, Rig, make_rig
 
 SIZE = 4 << 20
@@ -201,3 +202,22 @@ def test_a_copy_that_goes_well_loads_no_logging_and_ends_through_the_exit_handle
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1] == "loaded:"
     assert (tmp_path / "quiet.img").read_bytes() == rig.data
+
+
+def test_the_console_copy_leaves_its_socket_to_a_holder_and_nothing_else(
+        rig: Rig, tmp_path: Path) -> None:
+    """`aoe copy` from the console script hands its raw socket's last close (the kernel's
+    grace period) to the holder, with the standard streams on /dev/null: a pipe reading
+    the command's output sees its end when the command ends."""
+    holder, listing = fd_listing_holder(tmp_path)
+    code = ("import sys\nfrom aoe.net import rawsock\n"
+            f"rawsock.HOLDER = {holder!r}\n"
+            f"sys.argv = ['aoe', 'copy', {ADDR!r}, 'held.img']\n"
+            "from aoe.cli import run\nrun()\n")
+    done = rig.initiator.run([sys.executable, "-c", code], check=False, timeout=60,
+                             cwd=rig.image.parent)
+    assert done.returncode == 0, done.stderr
+    fds = held_descriptors(listing)
+    assert {fds.pop("0"), fds.pop("1"), fds.pop("2")} == {os.devnull}
+    assert fds and all(v.startswith("socket:[") for v in fds.values()), fds
+    assert (tmp_path / "held.img").read_bytes() == rig.data

@@ -147,3 +147,16 @@ def test_a_thread_still_running_gets_the_usual_exit() -> None:
     done = _run_console(prelude, "--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "late"
+
+
+@pytest.mark.parametrize(("argv", "hands_over"), [
+    (("copy",), True), (("discover", "--timeout", "0"), True), (("flush",), True),
+    (("serve",), False), (("mount",), False), (("--version",), False)])
+def test_only_commands_that_end_after_their_closes_hand_them_over(
+        argv: tuple[str, ...], hands_over: bool) -> None:
+    """The daemons keep closing in place (they would not reap a holder); usage errors
+    end each command at once, so this starts no target and sends nothing."""
+    prelude = ("import atexit\nfrom aoe.net import rawsock\n"
+               "atexit.register(lambda: print('hand over:', rawsock._Closing.hand_over))")
+    done = _run_console(prelude, *argv)
+    assert done.stdout.splitlines()[-1] == f"hand over: {hands_over}", done.stderr

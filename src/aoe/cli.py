@@ -41,6 +41,12 @@ COMMANDS = {
     "ping": "aoe.capture.cli:ping",
 }
 
+# Commands that end once their raw sockets are closed. Run from the console script they
+# leave the kernel's wait at that close to a holder process (aoe.net.rawsock
+# .hand_over_closes); the daemons (serve, mount, nbd) and the lab keep closing in place.
+EXIT_AFTER_CLOSE = frozenset({"config", "mask", "reserve", "flush", "discover", "info",
+                              "copy"})
+
 
 class LazyGroup(click.Group):
     """A group whose commands (from COMMANDS) are imported on first use."""
@@ -76,6 +82,9 @@ def run() -> None:
     ``os._exit``. With other threads still running, or a flush failing, Python's own exit
     does the work as before.
     """
+    import sys
+
+    prepare_exit(sys.argv[1:2])
     try:
         main()
     except SystemExit as end:
@@ -84,7 +93,6 @@ def run() -> None:
             raise
         import atexit
         import os
-        import sys
         import threading
 
         if threading.active_count() != 1:
@@ -97,3 +105,13 @@ def run() -> None:
         except (OSError, ValueError):
             raise end from None
         os._exit(code or 0)
+
+
+def prepare_exit(command: list[str]) -> None:
+    """Before a command that ends once its sockets are closed (EXIT_AFTER_CLOSE): let
+    those closes return at once. Only the console script calls this; a library user or a
+    test runner in the same process keeps the plain close."""
+    if command and command[0] in EXIT_AFTER_CLOSE:
+        from .net.rawsock import hand_over_closes
+
+        hand_over_closes()

@@ -5,13 +5,15 @@ initiator, the relay, the sniffer, the checks, the tests and the benchmarks. By 
 ignores its own outgoing frames (otherwise a responder would answer itself); a sniffer asks
 for them instead. It exposes plain send/recv, the interface's MAC and MTU, and batches of
 frames per system call (:mod:`aoe.net.mmsg`). :func:`close_all` closes several at once,
-since each close waits for the kernel.
+since each close waits for the kernel; a command that exits right after may leave that
+wait to a holder process (:func:`hand_over_closes`).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import os
 import socket
 import struct
 from collections.abc import Sequence
@@ -210,20 +212,63 @@ class RawSocket:
         self.close()
 
 
+HOLDER = "/bin/true"
+_QUIET_STREAMS = tuple((os.POSIX_SPAWN_OPEN, fd, os.devnull,
+                        os.O_RDONLY if fd == 0 else os.O_WRONLY, 0) for fd in (0, 1, 2))
+
+
+class _Closing:
+    """How :func:`close_all` closes, set once per process by :func:`hand_over_closes`."""
+
+    hand_over = False
+
+
+def hand_over_closes(enabled: bool = True) -> None:
+    """Let :func:`close_all` leave the kernel's wait to a holder process from now on.
+
+    For a command that exits once its sockets are closed (`aoe copy`, `aoe discover`): the
+    last close of a packet socket waits out an RCU grace period, 8-16 ms of the user's
+    wall time at every exit. With this set, the sockets are handed to a short-lived
+    child (:data:`HOLDER`, with the standard streams on /dev/null so that no pipe stays
+    open) whose exit is their last close, and the command goes on at once. Not for a
+    process that lives on: it would not reap the child.
+    """
+    _Closing.hand_over = enabled
+
+
+def _handed_to_holder(sockets: Sequence[SupportsClose]) -> bool:
+    """Start the holder with the sockets' descriptors; False (nothing changed) if the
+    sockets have no descriptor above the standard streams or the holder cannot start."""
+    fds = []
+    for one in sockets:
+        fileno = getattr(one, "fileno", None)
+        if fileno is None:
+            return False
+        fd = fileno()
+        if not isinstance(fd, int) or fd <= 2:
+            return False
+        fds.append(fd)
+    try:
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        os.posix_spawn(HOLDER, [HOLDER], {}, file_actions=_QUIET_STREAMS)
+    except OSError:
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        return False
+    return True
+
+
 def close_all(sockets: Sequence[SupportsClose]) -> None:
     """Close several raw sockets at once; the first error, if any, once all are closed.
 
     Closing a packet socket waits in the kernel for an RCU grace period (packet_release
     calls synchronize_net: 8-16 ms here). One after another, N sockets wait N periods;
     closed from N threads at once, they share one (three sockets: 38 ms against 18). A
-    command on a host with several interfaces up has a socket on each.
+    command on a host with several interfaces up has a socket on each. After
+    :func:`hand_over_closes`, a holder process takes the wait and these closes return at
+    once.
     """
-    if len(sockets) <= 1:
-        for one in sockets:
-            one.close()
-        return
-    import threading  # only here: one socket needs no thread
-
     errors: list[OSError] = []
 
     def close(one: SupportsClose) -> None:
@@ -231,6 +276,14 @@ def close_all(sockets: Sequence[SupportsClose]) -> None:
             one.close()
         except OSError as exc:
             errors.append(exc)
+
+    if (_Closing.hand_over and _handed_to_holder(sockets)) or len(sockets) <= 1:
+        for one in sockets:
+            close(one)  # quick: one socket, or the holder's exit is the last close
+        if errors:
+            raise errors[0]
+        return
+    import threading  # only here: one socket needs no thread
 
     others = [threading.Thread(target=close, args=(one,), name="aoe-close")
               for one in sockets[1:]]
