@@ -14,12 +14,12 @@ import errno
 import hashlib
 import json
 import random
-import select
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..fdwait import readable
 from ..protocol import (
     BROADCAST_MAC,
     BROADCAST_SHELF,
@@ -316,7 +316,7 @@ class _Blaster:
                 left = sent + probe.timeout - time.monotonic()
                 if left <= 0:
                     break
-                select.select([self.sock], [], [], left)
+                readable(self.sock, left)
                 self.drain()
             if self.sync_tag is None:
                 self.report.syncs += 1

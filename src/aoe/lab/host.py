@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import select
 import signal
 import subprocess
 import time
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 
 from pyroute2 import IPRoute
 
+from aoe.fdwait import readable
 from aoe.lab.nsutil import LabError, enter_for_exec, netns_path, setns_fd, thread_netns
 
 
@@ -199,8 +199,7 @@ def _read_all(fd: int, timeout: float | None) -> bytes:
     chunks: list[bytes] = []
     while True:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, _, _ = select.select([fd], [], [], wait)
-        if not ready:
+        if not readable(fd, wait):
             raise TimeoutError
         chunk = os.read(fd, 1 << 16)
         if not chunk:

@@ -19,7 +19,6 @@ import fcntl
 import itertools
 import os
 import re
-import select
 import signal
 import struct
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ..fdwait import readable
 from ..libc import libc as _libc
 
 if TYPE_CHECKING:
@@ -410,8 +410,7 @@ class Guest:
                 raise VmError(f"guest {what} timed out after "
                               f"{boot_timeout if boot_at is None else timeout:.0f}s; console:\n"
                               + _tail(buf))
-            ready, _, _ = select.select([fd], [], [], min(1.0, limit - now))
-            if not ready:
+            if not readable(fd, min(1.0, limit - now)):
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
