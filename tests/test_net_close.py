@@ -113,3 +113,11 @@ def test_stand_ins_without_a_descriptor_are_closed_in_place(handing_over: None) 
     socks = [MeetingSocket(barrier), MeetingSocket(barrier)]
     close_all(socks)
     assert all(s.closed for s in socks)
+
+
+def test_nothing_to_close_starts_no_holder(monkeypatch: pytest.MonkeyPatch,
+                                           handing_over: None) -> None:
+    started: list[object] = []
+    monkeypatch.setattr(os, "posix_spawn", lambda *args, **kw: started.append(args))
+    close_all([])
+    assert started == []

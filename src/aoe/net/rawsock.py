@@ -277,7 +277,7 @@ def close_all(sockets: Sequence[SupportsClose]) -> None:
         except OSError as exc:
             errors.append(exc)
 
-    if (_Closing.hand_over and _handed_to_holder(sockets)) or len(sockets) <= 1:
+    if (sockets and _Closing.hand_over and _handed_to_holder(sockets)) or len(sockets) <= 1:
         for one in sockets:
             close(one)  # quick: one socket, or the holder's exit is the last close
         if errors:
