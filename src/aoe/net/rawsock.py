@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
+PACKET_STATISTICS = 6
 PACKET_MR_PROMISC = 1
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
@@ -173,6 +174,13 @@ class RawSocket:
 
         return FrameBatch(self.sock, count, slot_size,
                           out_fd=None if out is None else out.fileno())
+
+    def arrivals(self) -> int:
+        """Frames that reached this socket (queued, or dropped for want of room) since the
+        call before: the kernel's count, read and reset without receiving any."""
+        packets, _drops = struct.unpack(
+            "II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        return int(packets)
 
     def send(self, frame: bytes | bytearray | memoryview) -> int:
         return self.sock.send(frame)

@@ -32,6 +32,8 @@ class Counters:
         "frames_in",
         "frames_out",
         "bursts",
+        "naps",
+        "naps_in_vain",
         "ignored",
         "reads",
         "writes",
@@ -45,6 +47,8 @@ class Counters:
         self.frames_in = 0
         self.frames_out = 0
         self.bursts = 0  # receive calls that returned frames: frames_in / bursts = batching
+        self.naps = 0  # waits for a trickle of frames to gather (aoe.target.pacing)
+        self.naps_in_vain = 0  # ... after which no more had come: the peer waited for us
         self.ignored = 0  # well-formed frames that were not for us (other target, responses)
         self.reads = 0
         self.writes = 0
@@ -61,6 +65,8 @@ class Counters:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "bursts": self.bursts,
+            "naps": self.naps,
+            "naps_in_vain": self.naps_in_vain,
             "ignored": self.ignored,
             "reads": self.reads,
             "writes": self.writes,

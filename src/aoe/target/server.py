@@ -30,6 +30,7 @@ from ..protocol.mac import format_mac
 from . import counters as ck
 from .counters import Counters
 from .engine import Engine
+from .pacing import Pacer
 from .probe import other_owners
 from .store import ExportSpec, Store, StoreError
 
@@ -39,28 +40,6 @@ ARPHRD_ETHER = 1
 DEFAULT_BATCH = 64
 BLOCK_TIMEOUT_US = 100_000  # how often a blocked single-interface loop checks for stop()
 _SLOT_ROUND = 64
-# Pacing a stream that arrives a frame or two per wake-up (writes on a 100 Mbit/s link
-# cost a wake-up per frame): after such a wake-up the loop naps until about NAP_FRAMES
-# more are due, if they come at NAP_RATE frames/s or faster, never past NAP_MAX, and not
-# at all below NAP_MIN (a nap costs a system call too). A lone request never waits.
-NAP_FRAMES = 8
-NAP_RATE = 2000.0
-NAP_MIN = 0.0002
-NAP_MAX = 0.001
-
-
-def nap_after(taken: int, interval: float) -> float:
-    """Seconds to let frames gather after a wake-up that took ``taken`` frames
-    ``interval`` seconds after the one before (0: go on at once)."""
-    if taken >= NAP_FRAMES or taken <= 0 or interval <= 0.0:
-        return 0.0
-    rate = taken / interval
-    if rate < NAP_RATE:
-        return 0.0
-    nap = (NAP_FRAMES - taken) / rate
-    if nap < NAP_MIN:
-        return 0.0
-    return nap if nap < NAP_MAX else NAP_MAX
 
 
 class TargetError(Exception):
@@ -311,16 +290,23 @@ class Target:
                                   struct.pack("ll", 0, BLOCK_TIMEOUT_US))
         drain = self._drain
         clock = time.monotonic
-        last = clock()
+        pacer = Pacer(clock(), self.counters)
         while not self._stop and port in self.ports:
             taken = drain(port, True)
             if self._chores:
                 self._do_chores()
-            now = clock()
-            nap = nap_after(taken, now - last)
-            last = now
-            if nap:
+            nap = pacer.after(taken, clock())
+            if not nap:
+                continue
+            if not pacer.judging:
                 time.sleep(nap)
+                continue
+            count = port.sock.arrivals
+            count()  # from now on
+            time.sleep(nap / 2)
+            first = count()
+            time.sleep(nap / 2)
+            pacer.verdict(first, count(), clock())
         if not self._stop:  # the port was rebuilt (MTU change): serve the new one
             self.serve_forever()
 
