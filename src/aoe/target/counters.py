@@ -48,7 +48,7 @@ class Counters:
         self.frames_out = 0
         self.bursts = 0  # receive calls that returned frames: frames_in / bursts = batching
         self.naps = 0  # waits for a trickle of frames to gather (aoe.target.pacing)
-        self.naps_in_vain = 0  # ... after which no more had come: the peer waited for us
+        self.naps_in_vain = 0  # ... judged to have gathered nothing: the peer waited for us
         self.ignored = 0  # well-formed frames that were not for us (other target, responses)
         self.reads = 0
         self.writes = 0
