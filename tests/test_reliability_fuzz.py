@@ -29,7 +29,7 @@ from aoe.checks.fuzz import run_fuzz
 from aoe.initiator.copy import copy_from_disk, copy_to_disk
 from aoe.lab import Host, Lab
 from aoe.net.mmsg import FrameBatch
-from aoe.net.rawsock import RawSocket
+from aoe.net.rawsock import RawSocket, packet_statistics
 from aoe.protocol import Command
 from aoe.protocol.frames import HEADER
 from aoe.target import Engine, ExportSpec, Store
@@ -74,7 +74,7 @@ def _sniff(sock: socket.socket, stop: Any, out: Any) -> None:
                 seen = seen or MARKER in batch.buf[start : start + length]
         if stopping and not n:
             break
-    _packets, drops = struct.unpack("II", sock.getsockopt(263, 6, 8))  # PACKET_STATISTICS
+    _packets, drops = packet_statistics(sock)
     out.send((frames, data, seen, drops))
 
 

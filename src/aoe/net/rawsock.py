@@ -106,6 +106,13 @@ def _ethertype_filter(ethertype: int) -> bytes:
     return struct.pack("HL", len(program), ctypes.addressof(buf))
 
 
+def packet_statistics(sock: socket.socket) -> tuple[int, int]:
+    """(frames that reached the packet socket, frames of those it dropped for want of
+    room) since the call before: the kernel's PACKET_STATISTICS, read and reset."""
+    packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    return int(packets), int(drops)
+
+
 class RawSocket:
     """A raw socket on ``ifname`` receiving only frames of ``ethertype`` (AoE by default).
 
@@ -178,9 +185,7 @@ class RawSocket:
     def arrivals(self) -> int:
         """Frames that reached this socket (queued, or dropped for want of room) since the
         call before: the kernel's count, read and reset without receiving any."""
-        packets, _drops = struct.unpack(
-            "II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-        return int(packets)
+        return packet_statistics(self.sock)[0]
 
     def send(self, frame: bytes | bytearray | memoryview) -> int:
         return self.sock.send(frame)
